@@ -1,0 +1,34 @@
+# make install | train | test | lint | tensorboard | clean
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+# Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
+.PHONY: install train test lint format tensorboard clean
+
+install:
+	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"; \
+	else $(PYTHON) -m pip install --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)+cpu"; fi
+	$(PYTHON) -m pip install -e ".[dev]"
+
+train:
+	$(PYTHON) train.py
+
+test:
+	$(PYTHON) -m pytest
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .
+
+tensorboard:
+	@echo "TensorBoard at http://127.0.0.1:6006"
+	$(PYTHON) -m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006
+
+clean:
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""litlab: linear and logistic regression experiments with Lightning and Hydra."""

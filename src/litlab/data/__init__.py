@@ -1,0 +1,1 @@
+"""LightningDataModules for small data served as whole tensor batches."""

@@ -1,0 +1,169 @@
+"""The shared DataModule: read once, split with a seeded generator, normalise, serve tensor slices."""
+
+import math
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from litlab.errors import ConfigError
+
+TASKS_OF_FAMILY = {"linear": ("regression",), "logistic": ("binary", "multiclass")}
+CLASSIFICATION_DATA = "data=classification or data=regression data.preset=toy6"
+
+
+class TensorBatches:
+    """Whole-tensor batches for one rank: contiguous slices of a split that was shuffled once,
+    visited in a fresh random order each epoch (no per-sample collate)."""
+
+    def __init__(
+        self,
+        x: Tensor,
+        y: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        per_rank = x.shape[0] // world_size  # equal shards keep DDP ranks in step
+        self.x = x[rank * per_rank : (rank + 1) * per_rank]
+        self.y = y[rank * per_rank : (rank + 1) * per_rank]
+        self.batch_size = min(batch_size, per_rank)
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(self.x.shape[0] / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = len(self)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle and n > 1 else range(n)
+        for i in order:
+            start = int(i) * self.batch_size
+            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+
+class TensorDataModule(L.LightningDataModule):
+    """Base for the datasets: subclasses implement `read()` and say which task each model family gets."""
+
+    name = "data"
+
+    def __init__(
+        self,
+        family: str = "linear",
+        scaling: str | float = "standardize",
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        batch_size: int | None = None,
+        split_seed: int = 0,
+    ):
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
+            raise ConfigError(
+                f"data.val_fraction={val_fraction} and data.test_fraction={test_fraction} must be in [0, 1) "
+                "and leave rows for training: try data.val_fraction=0.2"
+            )
+        if batch_size is not None and batch_size < 1:
+            raise ConfigError(f"data.batch_size={batch_size} must be >= 1, or null for the whole split")
+        self.family = family
+        self.task = self.task_for(family)
+        self.scaling = scaling
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.batch_size = batch_size
+        self.split_seed = split_seed
+        self.splits: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def task_for(self, family: str) -> str:
+        """The task this dataset poses to a model family; a ConfigError where they do not fit."""
+        if family == "linear":
+            return "regression"
+        raise ConfigError(
+            f"data={self.name} is a regression task and model={family} needs a classification dataset: "
+            f"use model=linear, or {CLASSIFICATION_DATA}"
+        )
+
+    def read(self) -> tuple[Tensor, Tensor]:
+        """All rows as float32 inputs [n, d] and targets: float32 [n, k] or int64 class labels [n]."""
+        raise NotImplementedError
+
+    @property
+    def in_features(self) -> int:
+        return self.splits["train"][0].shape[1]
+
+    @property
+    def out_features(self) -> int:
+        """Regression outputs, 1 for a binary logit, or the number of classes."""
+        y = self.splits["train"][1]
+        if self.task == "regression":
+            return y.shape[1]
+        return 1 if self.task == "binary" else self.num_classes
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch_size is None or self.batch_size >= len(self.splits["train"][0])
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:  # train() sets up before the model exists; Lightning calls again
+            return
+        x, y = self.read()
+        if self.task == "multiclass":
+            self.num_classes = int(y.max()) + 1
+        n = x.shape[0]
+        n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        parts = {
+            "train": order[n_val + n_test :],
+            "val": order[:n_val],
+            "test": order[n_val : n_val + n_test],
+        }
+        self.splits = {k: (x[idx], y[idx]) for k, idx in parts.items() if len(idx)}
+        del x, y  # the splits are copies: drop the original rows before normalising in place
+        self.x_shift, self.x_scale = self.input_normalisation(self.splits["train"][0])
+        for xs, _ in self.splits.values():
+            xs.sub_(self.x_shift).div_(self.x_scale)
+
+    def input_normalisation(self, x_train: Tensor) -> tuple[Tensor, Tensor]:
+        """(shift, scale) so that (x - shift) / scale is the model input; train-split statistics only."""
+        zero, one = torch.zeros(x_train.shape[1]), torch.ones(x_train.shape[1])
+        if self.scaling == "none":
+            return zero, one
+        if self.scaling == "standardize":
+            std = x_train.std(dim=0) if len(x_train) > 1 else one
+            return x_train.mean(dim=0), torch.where(std > 0, std, one)
+        if isinstance(self.scaling, int | float) and self.scaling > 0:
+            return zero, one / self.scaling
+        raise ConfigError(
+            f"data.scaling={self.scaling!r} is not one of none, standardize or a positive factor"
+        )
+
+    def state_dict(self) -> dict:
+        """Normalisation statistics as plain lists, saved in every checkpoint."""
+        return {"x_shift": self.x_shift.tolist(), "x_scale": self.x_scale.tolist()}
+
+    def batches(self, split: str, shuffle: bool) -> TensorBatches | list:
+        if split not in self.splits:
+            return []
+        x, y = self.splits[split]
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer else torch.device("cpu")
+        x, y = x.to(device), y.to(device)
+        self.splits[split] = (x, y)  # moved once, then reused every epoch
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer and split == "train" else (0, 1)
+        return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world)
+
+    def train_dataloader(self) -> TensorBatches:
+        return self.batches("train", shuffle=True)
+
+    def val_dataloader(self) -> TensorBatches | list:
+        return self.batches("val", shuffle=False)
+
+    def test_dataloader(self) -> TensorBatches | list:
+        return self.batches("test", shuffle=False)
+
+    def describe(self) -> str:
+        """One line for the console: what is being trained on."""
+        sizes = ", ".join(f"{k} {len(v[0])}" for k, v in self.splits.items())
+        return f"{self.name}: {self.task}, {self.in_features} inputs -> {self.out_features} outputs ({sizes})"

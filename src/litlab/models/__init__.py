@@ -1,0 +1,1 @@
+"""LightningModules: one per network, the task picks loss and metrics."""

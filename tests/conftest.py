@@ -1,0 +1,54 @@
+"""Shared fixtures: compose the real config tree in-process, or run train.py as a user would."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def compose_train(root: Path, *overrides: str) -> DictConfig:
+    """The config `python train.py <overrides>` would run, writing below root instead of ./logs."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides])
+    cfg.paths.output_dir = str(root / "run")  # what Hydra's run dir would be
+    (root / "run").mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+def run_train(
+    root: Path, *args: str, script: str = "train.py", check: bool = True
+) -> subprocess.CompletedProcess:
+    """`python train.py args` in a subprocess with its logs under root."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), f"paths.root_dir={root}", *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{script} {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Every run directory (one per event-file folder) below root/logs."""
+    return sorted({p.parent for p in (root / "logs").rglob("events.out.tfevents.*")})
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *overrides: compose_train(tmp_path, *overrides)

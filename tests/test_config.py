@@ -1,0 +1,61 @@
+"""Every config file composes, and every data x model x optimizer either trains or refuses in one line."""
+
+import itertools
+import math
+
+import pytest
+
+from litlab.errors import user_error
+from litlab.train import lightning_schedule, train
+from tests.conftest import CONF
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes(cfg_factory, group, option):
+    cfg = cfg_factory(f"{group}={option}")
+    assert cfg.data._target_.startswith("litlab.data.")
+    assert cfg.trainer._target_ == "lightning.Trainer"
+
+
+@pytest.mark.parametrize(
+    "data,model,optimizer", itertools.product(options("data"), options("model"), options("optimizer"))
+)
+def test_every_combination_trains_or_refuses(cfg_factory, data, model, optimizer):
+    cfg = cfg_factory(
+        f"data={data}",
+        f"model={model}",
+        f"optimizer={optimizer}",
+        "trainer=cpu",
+        "trainer.max_epochs=3",
+        "trainer.check_val_every_n_epoch=1",
+        "callbacks=none",
+    )
+    try:
+        value = train(cfg)
+    except Exception as e:
+        error = user_error(e)
+        assert error is not None and "\n" not in str(error) and f"model={model}" in str(error)
+        return
+    assert math.isfinite(value)
+
+
+def test_logistic_without_data_choice_trains_on_classification_data(cfg_factory):
+    cfg = cfg_factory("model=logistic", "optimizer=adam")
+    assert cfg.data.task == "binary" and cfg.data.preset == "generated"
+    assert cfg_factory("model=logistic", "data=temperature").data._target_.endswith("TemperatureData")
+
+
+def test_schedule_counts_user_epochs():
+    cfg = cfg_factory_trainer = {"max_epochs": 5000, "check_val_every_n_epoch": 100}
+    from omegaconf import OmegaConf
+
+    s = lightning_schedule(OmegaConf.create(cfg_factory_trainer), 50, has_val=True)
+    assert s == {"max_epochs": 100, "max_steps": 5000, "check_val_every_n_epoch": 2}
+    s = lightning_schedule(OmegaConf.create(cfg), 1, has_val=False)
+    assert s["max_epochs"] == 5000 and s["max_steps"] == -1 and s["limit_val_batches"] == 0

@@ -1,0 +1,90 @@
+"""End to end, as a user: run train.py, then read the console, event files, config and checkpoints."""
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from litlab.models.linear import LinearModel
+from litlab.train import train
+from tests.conftest import run_dirs, run_train
+
+
+def events(run_dir):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def hparams_session(acc) -> tuple[dict, set]:
+    """(hparams, metric tags) of the run's HParams session."""
+    content = acc.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+    exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
+    values = {k: v.number_value or v.string_value for k, v in start.session_start_info.hparams.items()}
+    return values, {m.name.tag for m in exp.experiment.metric_infos}
+
+
+@pytest.mark.slow
+def test_default_run_writes_events_config_and_checkpoints(tmp_path):
+    proc = run_train(tmp_path)
+    [run] = run_dirs(tmp_path)
+    assert run.parent == tmp_path / "logs" / "train" / "runs"
+    assert str(run) in proc.stderr + proc.stdout and "tensorboard --logdir" in proc.stderr + proc.stdout
+    acc = events(run)
+    loss = acc.Scalars("train/loss")
+    assert [e.step for e in loss][:2] == [49, 99]  # x-axis counts epochs, also with 50 epochs per step
+    assert loss[-1].value < loss[0].value / 5
+    assert {"val/loss", "val/r2", "train/mae"} <= set(acc.Tags()["scalars"])
+    hp, metric_tags = hparams_session(acc)
+    assert hp["optimizer"] == "SGD" and hp["data.scaling"] == "standardize"
+    assert "final/val/loss" in metric_tags
+    final = acc.Scalars("final/val/loss")[-1].value
+    assert final == pytest.approx(acc.Scalars("val/loss")[-1].value) and final > 0  # a real value, not -1
+    saved = OmegaConf.load(run / "config.yaml")
+    assert saved.model.family == "linear" and saved.data._target_.endswith("TemperatureData")
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}
+    torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+
+
+@pytest.mark.slow
+def test_logistic_with_adam_trains_on_classification_data(tmp_path):
+    proc = run_train(tmp_path, "model=logistic", "optimizer=adam")
+    assert "preset=generated: binary" in proc.stdout + proc.stderr
+    [run] = run_dirs(tmp_path)
+    acc = events(run)
+    assert acc.Scalars("val/acc")[-1].value > 0.7
+    assert {"val/auroc", "val/f1"} <= set(acc.Tags()["scalars"])
+    assert OmegaConf.load(run / "config.yaml").optimizer._target_ == "torch.optim.Adam"
+
+
+@pytest.mark.slow
+def test_logistic_on_temperature_fails_in_one_line(tmp_path):
+    proc = run_train(tmp_path, "model=logistic", "data=temperature", check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert lines == [lines[0]] and "temperature is a regression task" in lines[0]
+    assert "data=classification" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_book_reproduction(cfg_factory):
+    """Deep Learning with PyTorch, ch. 5: loss 2.927647, w 5.3671, b -17.3012 after 5000 epochs."""
+    cfg = cfg_factory("experiment=book_temperature", "trainer=cpu")
+    loss = train(cfg)
+    ckpt = torch.load(f"{cfg.paths.output_dir}/checkpoints/last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 5000
+    assert loss == pytest.approx(2.927647, abs=5e-6)
+    assert ckpt["state_dict"]["linear.weight"].item() == pytest.approx(5.3671, abs=5e-5)
+    assert ckpt["state_dict"]["linear.bias"].item() == pytest.approx(-17.3012, abs=5e-5)
+
+
+def test_checkpoint_reload_gives_identical_predictions(cfg_factory):
+    cfg = cfg_factory("model=logistic", "trainer=cpu", "trainer.max_epochs=200")
+    train(cfg)
+    path = f"{cfg.paths.output_dir}/checkpoints/last.ckpt"
+    reloaded = LinearModel.load_from_checkpoint(path, weights_only=True)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    x = torch.randn(32, 2)
+    expected = x @ state["linear.weight"].T + state["linear.bias"]
+    torch.testing.assert_close(reloaded(x), expected, atol=0, rtol=0)
