@@ -1,7 +1,9 @@
 """Config to objects in one place: build data, model and trainer, fit, log, return the optimised metric."""
 
+import json
 import logging
 import math
+import time
 from pathlib import Path
 
 import lightning as L
@@ -48,8 +50,19 @@ def hparams_of(cfg: DictConfig) -> dict:
     return flat
 
 
+def write_result(out_dir: Path, status: str, metrics: dict, started: float, error: str = "") -> None:
+    """metrics.json in the run directory: how the run ended (ok, diverged, failed) and its final metrics.
+
+    Sweep summaries read these; a failed job writes one too, with the first line of its error."""
+    result = {"status": status, "metrics": metrics, "duration_s": round(time.time() - started, 3)}
+    if error:
+        result["error"] = error.splitlines()[0] if error.strip() else error
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+
+
 def train(cfg: DictConfig) -> float:
     """Fit the configured model; return the final value of cfg.optimized_metric."""
+    started = time.time()
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = instantiate(cfg.data, family=cfg.model.family)
@@ -83,6 +96,7 @@ def train(cfg: DictConfig) -> float:
         if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
             logger.log_hyperparams(hparams_of(cfg), {f"final/{k}": v for k, v in metrics.items()})
             logger.finalize("success")
+    write_result(out_dir, "ok", metrics, started)
     log.info("final " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
     log.info(f"run directory: {out_dir}")
     log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}")
