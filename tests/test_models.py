@@ -12,7 +12,17 @@ from litlab.models.linear import LinearModel
 
 
 def fit(
-    x, y, task="regression", family="linear", lr=0.1, epochs=200, epochs_per_step=1, root=None, **trainer
+    x,
+    y,
+    task="regression",
+    family="linear",
+    lr=0.1,
+    epochs=200,
+    epochs_per_step=1,
+    root=None,
+    batch_size=None,
+    group=1,
+    **trainer,
 ):
     model = LinearModel(
         family,
@@ -33,7 +43,8 @@ def fit(
         default_root_dir=root,
         **trainer,
     )
-    trainer.fit(model, train_dataloaders=TensorBatches(x, y, len(x), False, 0))
+    batches = TensorBatches(x, y, batch_size or len(x), shuffle=batch_size is not None, seed=0, group=group)
+    trainer.fit(model, train_dataloaders=batches)
     return model
 
 
@@ -53,6 +64,17 @@ def test_fused_epochs_match_one_epoch_per_step_exactly(tmp_path):
     b = fit(x, y, epochs=130, epochs_per_step=50, root=tmp_path)  # 50 + 50 + 30: the cap makes it exact
     assert b.trainer.global_step == 130
     torch.testing.assert_close(a.linear.weight, b.linear.weight, atol=0, rtol=0)
+
+
+def test_grouped_minibatches_match_one_step_per_batch_exactly(tmp_path):
+    x = torch.randn(100, 3, generator=torch.Generator().manual_seed(2))
+    y = x @ torch.tensor([[1.0], [2.0], [3.0]])
+    runs = []
+    for group in (1, 4):  # 10 minibatches an epoch: groups of 4, 4, 2
+        torch.manual_seed(0)
+        runs.append(fit(x, y, lr=0.05, epochs=7, batch_size=10, group=group, root=tmp_path))
+    assert runs[1].trainer.global_step == runs[0].trainer.global_step == 70
+    torch.testing.assert_close(runs[0].linear.weight, runs[1].linear.weight, atol=0, rtol=0)
 
 
 def test_logistic_model_separates_classes(tmp_path):

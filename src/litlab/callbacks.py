@@ -1,7 +1,12 @@
 """Callbacks of our own: what Lightning has no built-in for."""
 
+import math
+import time
+from pathlib import Path
+
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from tqdm.auto import tqdm
 
 
@@ -41,3 +46,33 @@ class EpochProgressBar(ProgressBar):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class LastCheckpoint(Callback):
+    """checkpoints/last.ckpt: where training is, to resume from; written at most every `every_s` seconds,
+    when training ends or is interrupted, and never with non-finite weights (a diverged run keeps its
+    last finite state). Lightning's save_last refreshes only when the monitored value improves."""
+
+    def __init__(self, dirpath: str, every_s: float = 10.0):
+        self.path = Path(dirpath) / "last.ckpt"
+        self.every_s = every_s
+        self.saved_at = -math.inf
+
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.fast_dev_run:
+            return
+        if all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            trainer.save_checkpoint(self.path)
+            self.saved_at = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if time.monotonic() - self.saved_at >= self.every_s:
+            self.save(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.save(trainer, pl_module)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.save(trainer, pl_module)

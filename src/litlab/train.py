@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,6 +34,13 @@ def lightning_schedule(trainer_cfg: DictConfig, epochs_per_step: int, has_val: b
     if not has_val:  # and ModelCheckpoint saves at the end of every Lightning epoch instead
         schedule.update(limit_val_batches=0, check_val_every_n_epoch=1)
     return schedule
+
+
+def fusable(cfg: DictConfig) -> bool:
+    """Whether several optimizer steps may share one Lightning step (epochs_per_step, batches_per_step):
+    on one device (DDP synchronises gradients once per Lightning step) without fp16's gradient scaler."""
+    single = cfg.trainer.devices in (1, "1") and cfg.trainer.get("num_nodes", 1) == 1
+    return single and str(cfg.trainer.precision) not in ("16", "16-mixed")
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -65,9 +73,12 @@ def train(cfg: DictConfig) -> float:
     started = time.time()
     check_config(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = instantiate(cfg.data, family=cfg.model.family)
+    fuse = fusable(cfg)
+    data = instantiate(
+        cfg.data, family=cfg.model.family, batches_per_step=cfg.batches_per_step if fuse else 1
+    )
     data.setup("fit")  # sizes and task come from the data before the model exists
-    k = cfg.epochs_per_step if data.full_batch else 1
+    k = cfg.epochs_per_step if fuse and data.full_batch else 1
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
@@ -76,10 +87,18 @@ def train(cfg: DictConfig) -> float:
         out_features=data.out_features,
         epochs_per_step=k,
     )
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c]
+    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
-    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **schedule)
+    # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
+    checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
+    trainer = instantiate(
+        cfg.trainer,
+        logger=loggers or False,
+        callbacks=callbacks,
+        enable_checkpointing=checkpointing,
+        **schedule,
+    )
     out_dir = Path(cfg.paths.output_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     log.info(

@@ -14,8 +14,9 @@ CLASSIFICATION_DATA = "data=classification or data=regression data.preset=toy6"
 
 
 class TensorBatches:
-    """Whole-tensor batches for one rank: contiguous slices of a split that was shuffled once,
-    visited in a fresh random order each epoch (no per-sample collate)."""
+    """Whole-tensor batches for one rank: contiguous slices of a split that was shuffled once, visited
+    in a fresh random order each epoch (no per-sample collate). With group > 1 each item is a list of
+    that many consecutive minibatches, which the model steps through in one Lightning step."""
 
     def __init__(
         self,
@@ -26,6 +27,7 @@ class TensorBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
+        group: int = 1,
     ):
         per_rank = x.shape[0] // world_size  # equal shards keep DDP ranks in step
         self.x = x[rank * per_rank : (rank + 1) * per_rank]
@@ -33,16 +35,28 @@ class TensorBatches:
         self.batch_size = min(batch_size, per_rank)
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.group = group
 
-    def __len__(self) -> int:
+    def num_batches(self) -> int:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = len(self)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle and n > 1 else range(n)
+    def __len__(self) -> int:
+        return math.ceil(self.num_batches() / self.group)
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.num_batches()
+        order = torch.randperm(n, generator=self.generator).tolist() if self.shuffle and n > 1 else range(n)
         for i in order:
-            start = int(i) * self.batch_size
+            start = i * self.batch_size
             yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]]:
+        if self.group == 1:
+            yield from self.batches()
+            return
+        batches = list(self.batches())
+        for i in range(0, len(batches), self.group):
+            yield batches[i : i + self.group]
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -58,6 +72,7 @@ class TensorDataModule(L.LightningDataModule):
         test_fraction: float = 0.0,
         batch_size: int | None = None,
         split_seed: int = 0,
+        batches_per_step: int = 1,
     ):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
@@ -74,6 +89,7 @@ class TensorDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.batch_size = batch_size
         self.split_seed = split_seed
+        self.batches_per_step = batches_per_step  # train() sets it: minibatches per Lightning step
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     def task_for(self, family: str) -> str:
@@ -122,8 +138,9 @@ class TensorDataModule(L.LightningDataModule):
         self.splits = {k: (x[idx], y[idx]) for k, idx in parts.items() if len(idx)}
         del x, y  # the splits are copies: drop the original rows before normalising in place
         self.x_shift, self.x_scale = self.input_normalisation(self.splits["train"][0])
+        # Multiply by 1/scale: for the book's factor this is exactly its t_u * 0.1 in float32.
         for xs, _ in self.splits.values():
-            xs.sub_(self.x_shift).div_(self.x_scale)
+            xs.sub_(self.x_shift).mul_(self.x_scale.reciprocal())
 
     def input_normalisation(self, x_train: Tensor) -> tuple[Tensor, Tensor]:
         """(shift, scale) so that (x - shift) / scale is the model input; train-split statistics only."""
@@ -151,8 +168,11 @@ class TensorDataModule(L.LightningDataModule):
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         x, y = x.to(device), y.to(device)
         self.splits[split] = (x, y)  # moved once, then reused every epoch
-        rank, world = (trainer.global_rank, trainer.world_size) if trainer and split == "train" else (0, 1)
-        return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world)
+        if split != "train":
+            return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed)
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        group = 1 if self.full_batch else self.batches_per_step
+        return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world, group)
 
     def train_dataloader(self) -> TensorBatches:
         return self.batches("train", shuffle=True)

@@ -92,29 +92,53 @@ class LinearModel(L.LightningModule):
     def update_metrics(self, metrics: tm.MetricCollection, out: Tensor, y: Tensor) -> None:
         metrics.update(self.predictions(out), y if self.hparams.task == "regression" else y.long())
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        x, y = batch
+    def training_step(
+        self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int
+    ) -> Tensor:
+        # One Lightning step, several optimizer steps (Lightning's fixed cost per step is paid once):
+        # minibatch data arrives as a list of consecutive minibatches (train() sets batches_per_step);
+        # full-batch data as the whole set, stepped epochs_per_step times, i.e. that many epochs, capped
+        # by max_steps (train() sets it to the epoch count) so that the total is exact.
+        if isinstance(batch, list):
+            steps = batch
+        else:
+            n = self.hparams.epochs_per_step
+            if self.trainer.max_steps > 0:
+                n = min(n, self.trainer.max_steps - self.global_step)
+            steps = [batch] * n
         opt = self.optimizers()
-        # Full-batch data: several epochs per Lightning step, each a real optimizer step on the whole set;
-        # max_steps (set by train() to the epoch count) caps the last chunk so the total is exact.
-        steps = self.hparams.epochs_per_step
-        if self.trainer.max_steps > 0:
-            steps = min(steps, self.trainer.max_steps - self.global_step)
-        for _ in range(steps):
-            out = self(x)
-            loss = self.loss(out, y)
-            opt.zero_grad(set_to_none=True)
-            self.manual_backward(loss)
-            opt.step()
-        # Lightning counts one logging step per batch; count every fused epoch so that TensorBoard's
-        # x-axis (also for callbacks such as LearningRateMonitor) is optimizer steps, i.e. epochs here.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
+        # All but the last are plain torch steps; the last goes through Lightning, so callbacks and
+        # precision plugins see one step per Lightning step. Then the step counters catch up.
+        for x, y in steps[:-1]:
+            loss = self.loss(self(x), y)
+            opt.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.optimizer.step()
+        x, y = steps[-1]
+        out = self(x)
+        loss = self.loss(out, y)
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt.step()
+        if len(steps) > 1:
+            self.count_fused_steps(len(steps) - 1)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         self.update_metrics(self.train_metrics, out.detach(), y)
         return loss
 
+    def count_fused_steps(self, n: int) -> None:
+        """Credit n plain-torch optimizer steps to Lightning's counters: global_step (what max_steps and
+        checkpoints count) and the logging step, so TensorBoard's x-axis is optimizer steps (epochs)."""
+        loop = self.trainer.fit_loop.epoch_loop
+        loop.manual_optimization.optim_step_progress.total.increment_by(n)
+        loop.manual_optimization.optim_step_progress.current.increment_by(n)
+        loop._batches_that_stepped += n
+
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        # Training metrics beyond the loss only where validation runs: each self.log costs ~0.5 ms.
+        trainer = self.trainer
+        if trainer.limit_val_batches == 0 or (self.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
     def evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str, metrics: tm.MetricCollection) -> None:
