@@ -1,10 +1,10 @@
-# make install | train | test | lint | tensorboard | clean
+# make install | train | test | lint | bench | tensorboard | clean
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: install train test lint format tensorboard clean
+.PHONY: install train test lint format tensorboard bench clean
 
 install:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
@@ -25,6 +25,9 @@ lint:
 format:
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
+
+bench:
+	$(PYTHON) scripts/bench.py
 
 tensorboard:
 	@echo "TensorBoard at http://127.0.0.1:6006"

@@ -1,5 +1,7 @@
 """End to end, as a user: run train.py, then read the console, event files, config and checkpoints."""
 
+import sys
+
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -8,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from litlab.models.linear import LinearModel
 from litlab.train import train
-from tests.conftest import run_dirs, run_train
+from tests.conftest import ROOT, run_dirs, run_train
 
 
 def events(run_dir):
@@ -88,3 +90,11 @@ def test_checkpoint_reload_gives_identical_predictions(cfg_factory):
     x = torch.randn(32, 2)
     expected = x @ state["linear.weight"].T + state["linear.bias"]
     torch.testing.assert_close(reloaded(x), expected, atol=0, rtol=0)
+
+
+def test_template_gives_the_plain_loops_loss_exactly(cfg_factory):
+    """make bench compares speed against this plain loop; the maths must be the same, bit for bit."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from bench import plain_book
+
+    assert train(cfg_factory("experiment=book_temperature", "trainer=cpu")) == plain_book()
