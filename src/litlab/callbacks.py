@@ -62,7 +62,7 @@ class LastCheckpoint(Callback):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if all(torch.isfinite(p).all() for p in pl_module.parameters()):
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loop state: resumable
             self.saved_at = time.monotonic()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
