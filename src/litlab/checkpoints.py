@@ -36,9 +36,9 @@ def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
 
 def run_dir_of(resume: str | None, new_dir: str) -> str:
     """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml)."""
-    if not resume:
+    path = Path(resume).expanduser() if resume else None
+    if path is None or not path.exists():  # train() then says what is wrong with resume= in one line
         return new_dir
-    path = Path(resume).expanduser()
     return str(path.parent.parent if path.is_file() else path)
 
 
