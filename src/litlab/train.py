@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from litlab.checkpoints import check_compatible, load, logger_kwargs, resumed_run
 from litlab.checks import check_config
 
 log = logging.getLogger(__name__)
@@ -68,26 +69,35 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
-def train(cfg: DictConfig) -> float:
-    """Fit the configured model; return the final value of cfg.optimized_metric."""
-    started = time.time()
-    check_config(cfg)
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     fuse = fusable(cfg)
     data = instantiate(
         cfg.data, family=cfg.model.family, batches_per_step=cfg.batches_per_step if fuse else 1
     )
     data.setup("fit")  # sizes and task come from the data before the model exists
-    k = cfg.epochs_per_step if fuse and data.full_batch else 1
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
         task=data.task,
         in_features=data.in_features,
         out_features=data.out_features,
-        epochs_per_step=k,
+        epochs_per_step=cfg.epochs_per_step if fuse and data.full_batch else 1,
     )
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values() if c]
+    return data, model
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit the configured model; return the final value of cfg.optimized_metric."""
+    started = time.time()
+    cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
+    check_config(cfg)
+    data, model = build(cfg)
+    if resume_ckpt:
+        check_compatible(load(resume_ckpt), resume_ckpt, model, data)
+    k = model.hparams.epochs_per_step
+    loggers = [instantiate(c, **logger_kwargs(c, resume_ckpt)) for c in cfg.get("logger", {}).values() if c]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
     schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
@@ -106,7 +116,7 @@ def train(cfg: DictConfig) -> float:
         f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs"
     )
 
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=resume_ckpt)
     if "val" in data.splits and trainer.current_epoch % schedule["check_val_every_n_epoch"]:
         trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
 

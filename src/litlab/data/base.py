@@ -15,8 +15,8 @@ CLASSIFICATION_DATA = "data=classification or data=regression data.preset=toy6"
 
 class TensorBatches:
     """Whole-tensor batches for one rank: contiguous slices of a split that was shuffled once, visited
-    in a fresh random order each epoch (no per-sample collate). With group > 1 each item is a list of
-    that many consecutive minibatches, which the model steps through in one Lightning step."""
+    in a random order drawn from (seed, epoch) (no per-sample collate). With group > 1 each item is a
+    list of that many consecutive minibatches, which the model steps through in one Lightning step."""
 
     def __init__(
         self,
@@ -34,8 +34,15 @@ class TensorBatches:
         self.y = y[rank * per_rank : (rank + 1) * per_rank]
         self.batch_size = min(batch_size, per_rank)
         self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
         self.group = group
+        self.seed, self.epoch = seed, 0
+        # Lightning calls dataloader.sampler.set_epoch(epoch) before each epoch, as for a DistributedSampler
+        # (and reads .batch_sampler beside .sampler): the order then depends on the epoch alone, so a
+        # resumed run visits the batches as an unbroken one does.
+        self.sampler, self.batch_sampler = self, None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def num_batches(self) -> int:
         return math.ceil(self.x.shape[0] / self.batch_size)
@@ -44,8 +51,9 @@ class TensorBatches:
         return math.ceil(self.num_batches() / self.group)
 
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = self.num_batches()
-        order = torch.randperm(n, generator=self.generator).tolist() if self.shuffle and n > 1 else range(n)
+        n, generator = self.num_batches(), torch.Generator().manual_seed(hash((self.seed, self.epoch)))
+        self.epoch += 1  # a new order on the next pass also where nobody calls set_epoch
+        order = torch.randperm(n, generator=generator).tolist() if self.shuffle and n > 1 else range(n)
         for i in order:
             start = i * self.batch_size
             yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]

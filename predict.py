@@ -1,0 +1,19 @@
+"""python predict.py ckpt_path=<run dir or .ckpt> inputs='[[81.9]]' (or input_file=<csv>): predictions."""
+
+import hydra
+from omegaconf import DictConfig
+
+from litlab.errors import exit_on_user_error
+from litlab.inference import predict
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except Exception as e:
+        exit_on_user_error(e)
+
+
+if __name__ == "__main__":
+    main()

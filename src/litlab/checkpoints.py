@@ -1,0 +1,154 @@
+"""Use a run again: find its checkpoint and saved config.yaml, check they fit together, resume it."""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from litlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# Keys of the entry points themselves, never part of a run's saved setup.
+ENTRY_KEYS = ("resume", "ckpt_path", "inputs", "input_file", "task_name", "paths", "hydra")
+SHAPE_KEYS = ("family", "task", "in_features", "out_features")
+
+
+def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
+    """(run directory, checkpoint) for a run directory or for a checkpoint file inside its checkpoints/."""
+    path = Path(path).expanduser().absolute()
+    run_dir, ckpt = (path, path / "checkpoints" / default) if path.is_dir() else (path.parent.parent, path)
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"{ckpt} does not exist: give a run directory (logs/<task>/runs/<time>) or a .ckpt inside one"
+        )
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{run_dir} holds no config.yaml: a checkpoint is rebuilt from the run directory it was saved in "
+            "(<run dir>/checkpoints/<name>.ckpt)"
+        )
+    return run_dir, ckpt
+
+
+def run_dir_of(resume: str | None, new_dir: str) -> str:
+    """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml)."""
+    path = Path(resume).expanduser() if resume else None
+    if path is None or not path.exists():  # train() then says what is wrong with resume= in one line
+        return new_dir
+    return str(path.parent.parent if path.is_file() else path)
+
+
+OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)
+
+
+def load(ckpt: Path) -> dict:
+    """A checkpoint's plain values: weights, optimizer and loop state, hparams, normalisation statistics."""
+    return torch.load(ckpt, map_location="cpu", weights_only=True)
+
+
+def command_overrides() -> list[str]:
+    """The key=value overrides typed on this command line (none when called outside Hydra, as in tests)."""
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def saved_config(
+    run_dir: Path, cfg: DictConfig, overrides: list[str], honoured: tuple[str, ...]
+) -> DictConfig:
+    """The run's config.yaml with this command's paths and its overrides of `honoured` keys; others refused.
+
+    A run is rebuilt from what it was trained with: changing its data, model or optimizer on the way
+    would quietly evaluate or continue something else, so such an override is an error, not a merge."""
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in ENTRY_KEYS:
+            continue
+        if not key.startswith(honoured):
+            allowed = ", ".join(f"{h}<key>=..." for h in honoured) or "nothing of the run"
+            raise ConfigError(
+                f"{override} would change the run saved in {run_dir / 'config.yaml'}; here you may set "
+                f"{allowed}: train a new run to change anything else"
+            )
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key), merge=False)
+        log.info(f"overriding the saved config: {override}")
+    saved.paths = cfg.paths  # where data and logs live on this machine
+    return saved
+
+
+def describe(hparams: dict) -> str:
+    """'linear model (regression, 1 input -> 1 output)' from a model's hparams."""
+    return (
+        f"{hparams.get('family')} model ({hparams.get('task')}, {hparams.get('in_features')} input(s) -> "
+        f"{hparams.get('out_features')} output(s))"
+    )
+
+
+def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L.LightningDataModule) -> None:
+    """Refuse a checkpoint whose model shape or input normalisation differs from what the config builds."""
+    saved_hp = {k: values.get("hyper_parameters", {}).get(k) for k in SHAPE_KEYS}
+    built_hp = {k: model.hparams.get(k) for k in SHAPE_KEYS}
+    shapes = {k: tuple(v.shape) for k, v in values["state_dict"].items()}
+    if saved_hp != built_hp or shapes != {k: tuple(v.shape) for k, v in model.state_dict().items()}:
+        raise ConfigError(
+            f"{ckpt} holds a {describe(saved_hp)}, but the run's config builds a {describe(built_hp)}: "
+            "use a checkpoint of this run"
+        )
+    saved_stats = values.get(type(data).__qualname__)
+    if saved_stats is not None and not all(
+        torch.allclose(torch.tensor(saved_stats[k]), torch.tensor(v)) for k, v in data.state_dict().items()
+    ):
+        raise ConfigError(
+            f"the data gives other normalisation statistics than {ckpt} was trained with "
+            f"({saved_stats} vs {data.state_dict()}): has the data file changed?"
+        )
+
+
+def resumed_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
+    """For `resume=<run dir or checkpoint>`: the run's saved config writing into its own directory, and the
+    checkpoint to continue from (last.ckpt for a directory). Otherwise (cfg, None)."""
+    if not cfg.get("resume"):
+        return cfg, None
+    run_dir, ckpt = locate(cfg.resume)
+    saved = saved_config(run_dir, cfg, command_overrides(), honoured=("trainer.",))
+    saved.paths.output_dir = str(run_dir)  # Hydra's run dir is the same (run_dir_of); tests have no Hydra
+    log.info(f"resuming {run_dir} from {ckpt.name}")
+    return saved, ckpt
+
+
+def logger_kwargs(logger_cfg: DictConfig, ckpt: Path | None) -> dict:
+    """TensorBoard drops the events a killed run logged after its checkpoint (SummaryWriter's purge_step),
+    so the resumed run logs every step once."""
+    if ckpt is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
+        return {}
+    epoch_loop = load(ckpt)["loops"]["fit_loop"]["epoch_loop.state_dict"]
+    return {"purge_step": epoch_loop["_batches_that_stepped"]}  # the step the logs continue from
+
+
+class ResumeState(Callback):
+    """Makes every checkpoint a clean place to resume from: torch's random generator states go in, and a
+    checkpoint written at the end of an epoch (last.ckpt) says that epoch is done.
+
+    Lightning marks an epoch completed only after its on_train_epoch_end hooks, where last.ckpt is saved;
+    resumed from such a checkpoint it replays the epoch's end and counts that epoch twice (one epoch
+    short, logging steps shifted by one). The epoch's remaining work is logging and flushing."""
+
+    def state_dict(self) -> dict:
+        state = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        torch.set_rng_state(state_dict["cpu"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+        for counts in progress.values():  # total and current
+            if counts["processed"] == counts["completed"] + 1:  # saved inside on_train_epoch_end
+                counts["completed"] += 1

@@ -1,0 +1,126 @@
+"""Use a trained run: evaluate a checkpoint on its held-out splits, or predict from new inputs."""
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
+from litlab.errors import ConfigError
+from litlab.train import build, write_result
+
+log = logging.getLogger(__name__)
+
+
+def rebuild(
+    cfg: DictConfig, honoured: tuple[str, ...]
+) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
+    """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
+    run_dir, ckpt = locate(cfg.ckpt_path)
+    saved = saved_config(run_dir, cfg, command_overrides(), honoured)
+    data, model = build(saved)
+    values = load(ckpt)
+    check_compatible(values, ckpt, model, data)
+    model.load_state_dict(values["state_dict"])
+    log.info(f"{data.describe()}; weights from {ckpt}")
+    return saved, data, model
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Metrics of a checkpoint on the validation and test splits of its run's data; logged and saved."""
+    started = time.time()
+    saved, data, model = rebuild(cfg, honoured=("trainer.",))  # where to run it, not what to run
+    out_dir = Path(cfg.paths.output_dir)
+    trainer = instantiate(
+        saved.trainer, logger=False, callbacks=[], enable_progress_bar=False, default_root_dir=out_dir
+    )
+    metrics = {}
+    for split, run in (("val", trainer.validate), ("test", trainer.test)):
+        if split in data.splits:
+            metrics.update(run(model, datamodule=data, verbose=False)[0])
+    if not metrics:
+        raise ConfigError(
+            f"the run in {cfg.ckpt_path} holds out no rows (data.val_fraction=0): nothing to evaluate"
+        )
+    width = max(map(len, metrics))
+    log.info(
+        "\n".join(
+            [f"{'metric':<{width}}  value", *(f"{k:<{width}}  {v:.6g}" for k, v in sorted(metrics.items()))]
+        )
+    )
+    write_result(out_dir, "ok", metrics, started)
+    return metrics
+
+
+def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
+    """inputs=[[...], ...] (or a flat list) or input_file=<csv> rows, checked against the model's width."""
+    if (cfg.inputs is None) == (cfg.input_file is None):
+        raise ConfigError("give inputs='[[81.9], [60.0]]' or input_file=<csv>, one of the two")
+    if cfg.input_file is not None:
+        table = read_csv(Path(cfg.input_file))
+    else:
+        values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
+        x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
+        x = x.reshape(-1, in_features) if x.dim() == 1 and x.numel() % in_features == 0 else x
+        if x.dim() != 2:
+            raise ConfigError(f"inputs={values} is not a list of rows such as [[81.9], [60.0]]")
+        table = pd.DataFrame(x.numpy(), columns=[f"x{i}" for i in range(x.shape[1])])
+    if table.shape[1] != in_features:
+        raise ConfigError(
+            f"inputs have {table.shape[1]} column(s) but the model takes {in_features}, "
+            f"e.g. inputs='[[{', '.join(['1.0'] * in_features)}]]'"
+        )
+    return table
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    """A CSV of numbers, with or without a header row."""
+    if not path.is_file():
+        raise ConfigError(f"input_file={path} does not exist")
+    table = pd.read_csv(path)
+    try:
+        [float(c) for c in table.columns]  # the first row was numbers, not names
+        return pd.read_csv(path, header=None)
+    except ValueError:
+        return table
+
+
+def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFrame:
+    """Regression: a column per output, in the target's units. Classification: class and probability."""
+    with torch.no_grad():
+        p = model.predictions(model(x_scaled))
+    task = model.hparams.task
+    if task == "regression":
+        names = ["prediction"] if p.shape[1] == 1 else [f"prediction_{i}" for i in range(p.shape[1])]
+        return pd.DataFrame(p.numpy(), columns=names)
+    if task == "binary":
+        p = torch.cat([1 - p, p], dim=1)
+    prob, cls = p.max(dim=1)
+    return pd.DataFrame({"class": cls.numpy(), "probability": prob.numpy()})
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
+    run_dir, ckpt = locate(cfg.ckpt_path)
+    saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
+    model = get_class(saved.model._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    model.eval()
+    stats = load(ckpt).get(saved.data._target_.rsplit(".", 1)[-1])
+    if stats is None:
+        raise ConfigError(f"{ckpt} holds no input normalisation statistics of {saved.data._target_}")
+    inputs = read_inputs(cfg, model.hparams.in_features)
+    x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
+    table = predictions_table(model, (x - torch.tensor(stats["x_shift"])) / torch.tensor(stats["x_scale"]))
+    result = pd.concat([inputs, table], axis=1)
+    print(result.to_string(index=False))
+    if cfg.input_file is not None:
+        out = Path(cfg.input_file).with_suffix(".predictions.csv")
+        result.to_csv(out, index=False)
+        log.info(f"predictions written to {out}")
+    return result

@@ -1,0 +1,114 @@
+"""Resuming: a run killed mid-way and resumed ends as an unbroken run does; the saved config wins."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from litlab.checkpoints import load, locate, run_dir_of, saved_config
+from litlab.errors import ConfigError
+from litlab.train import train
+from tests.conftest import ROOT, compose_train, run_dirs, run_train
+from tests.test_train import events
+
+# Minibatch Adam: 64 shuffled batches per epoch, so the epoch order, optimizer moments and step counts
+# all have to come back from the checkpoint for the weights to match bit for bit.
+MINIBATCH = (
+    "data=regression",
+    "data.preset=generated",
+    "data.n=8000",
+    "data.batch_size=100",
+    "optimizer=adam",
+    "trainer=cpu",
+    "trainer.max_epochs=20",
+    "trainer.check_val_every_n_epoch=4",
+    "callbacks.last_checkpoint.every_s=0",  # a checkpoint every epoch, so the kill lands between two
+)
+
+
+def start_train(root, *args) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={root}", *args],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def wait_for_epoch(run_root, epoch: int, proc: subprocess.Popen) -> None:
+    """Until the run's last.ckpt holds at least this many finished epochs."""
+    while proc.poll() is None:
+        for ckpt in run_root.rglob("last.ckpt"):
+            if load(ckpt)["loops"]["fit_loop"]["epoch_progress"]["total"]["completed"] >= epoch:
+                return
+        time.sleep(0.05)
+    raise AssertionError("the run ended before it could be killed")
+
+
+@pytest.mark.slow
+def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path):
+    killed = start_train(tmp_path, *MINIBATCH)
+    wait_for_epoch(tmp_path, 3, killed)
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.wait()
+    [run] = run_dirs(tmp_path)
+    stopped_at = load(run / "checkpoints" / "last.ckpt")["global_step"]
+    assert 0 < stopped_at < 20 * 64
+    run_train(tmp_path, f"resume={run}")
+
+    unbroken = compose_train(tmp_path / "unbroken", *MINIBATCH)
+    train(unbroken)
+    resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
+    assert resumed["global_step"] == reference["global_step"] == 20 * 64
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    adam_resumed, adam_reference = (c["optimizer_states"][0]["state"][0] for c in (resumed, reference))
+    assert all(torch.equal(adam_resumed[k], adam_reference[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    # TensorBoard: the killed run's later events are purged, every epoch is logged once
+    logged, expected = (events(d).Scalars("train/loss") for d in (run, tmp_path / "unbroken" / "run"))
+    assert [e.step for e in logged] == [e.step for e in expected]
+    assert [e.value for e in logged] == [e.value for e in expected]
+
+
+def test_resume_of_a_finished_run_reloads_its_config_and_changes_nothing(tmp_path):
+    first = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=150", "optimizer.lr=0.05")
+    loss = train(first)
+    run = tmp_path / "run"
+    before = load(run / "checkpoints" / "last.ckpt")
+    again = compose_train(tmp_path / "other", f"resume={run}")  # composed defaults: lr 0.01, 1000 epochs
+    assert train(again) == pytest.approx(loss, rel=1e-6)
+    after = load(run / "checkpoints" / "last.ckpt")
+    assert after["global_step"] == before["global_step"] == 150
+    assert torch.equal(after["state_dict"]["linear.weight"], before["state_dict"]["linear.weight"])
+    assert OmegaConf.load(run / "config.yaml").optimizer.lr == 0.05
+
+
+def test_saved_config_honours_trainer_overrides_and_refuses_the_rest(tmp_path):
+    cfg = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=77")
+    OmegaConf.save(cfg, tmp_path / "config.yaml", resolve=False)
+    saved = saved_config(
+        tmp_path, cfg, ["trainer.max_epochs=77", "paths.root_dir=/x", "resume=r"], ("trainer.",)
+    )
+    assert saved.trainer.max_epochs == 77
+    for override in ("data.val_fraction=0.5", "model=logistic", "+optimizer.foo=1", "trainer=gpu"):
+        with pytest.raises(ConfigError, match="would change the run saved in"):
+            saved_config(tmp_path, cfg, [override], ("trainer.",))
+
+
+def test_locate_finds_the_checkpoint_and_config_of_a_run(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").touch()
+    with pytest.raises(ConfigError, match="holds no config.yaml"):
+        locate(tmp_path)
+    (tmp_path / "config.yaml").touch()
+    assert locate(tmp_path) == (tmp_path, tmp_path / "checkpoints" / "last.ckpt")
+    assert locate(tmp_path / "checkpoints" / "last.ckpt")[0] == tmp_path
+    with pytest.raises(ConfigError, match="best.ckpt does not exist"):
+        locate(tmp_path / "checkpoints" / "best.ckpt")
+    assert run_dir_of(str(tmp_path / "checkpoints" / "last.ckpt"), "new") == str(tmp_path)
+    assert run_dir_of(None, "new") == run_dir_of(str(tmp_path / "typo"), "new") == "new"

@@ -1,0 +1,117 @@
+"""eval and predict from a run directory: the logged metrics come back, predictions are in original units."""
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_dir
+
+from litlab.checkpoints import load
+from litlab.errors import ConfigError
+from litlab.inference import evaluate, predict
+from litlab.train import train
+from tests.conftest import CONF, compose_train, run_train
+
+
+def compose_entry(root, name: str, *overrides: str):
+    """The config `python <name>.py <overrides>` would run, writing below root."""
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(name, overrides=[f"paths.root_dir={root}", *overrides])
+    cfg.paths.output_dir = str(root / name)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def temperature_run(tmp_path_factory):
+    """The book's fit (t_un = 0.1 t_u, 5000 epochs of SGD) with 2 of 11 points held out."""
+    root = tmp_path_factory.mktemp("temperature")
+    train(compose_train(root, "experiment=book_temperature", "trainer=cpu", "data.val_fraction=0.2"))
+    return root / "run"
+
+
+def test_eval_reproduces_the_metrics_the_run_logged(tmp_path):
+    train_cfg = compose_train(tmp_path, "data=regression", "data.preset=noisy100", "+data.test_fraction=0.2")
+    train_cfg.trainer.max_epochs = 200
+    train(train_cfg)
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    metrics = evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={tmp_path / 'run'}", "trainer=cpu"))
+    assert {"val/loss", "val/r2", "test/loss", "test/mae"} <= set(metrics)
+    for key in ("val/loss", "val/mae", "val/r2"):
+        assert metrics[key] == pytest.approx(logged[key], rel=1e-6), key
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"] == metrics
+
+
+def test_predict_on_the_temperature_run_answers_in_celsius(temperature_run, tmp_path):
+    state = load(temperature_run / "checkpoints" / "last.ckpt")["state_dict"]
+    w, b = state["linear.weight"].item(), state["linear.bias"].item()
+    assert w == pytest.approx(5.37, abs=0.2) and b == pytest.approx(-17.3, abs=1.5)  # the book's w, b
+    table = predict(
+        compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[81.9],[35.7]]")
+    )
+    expected = [w * 0.1 * t_u + b for t_u in (81.9, 35.7)]  # the model saw 0.1 * t_u
+    assert table["prediction"].tolist() == pytest.approx(expected, rel=1e-5)
+    assert table["prediction"][0] == pytest.approx(28.0, abs=2.5)  # the thermometer read 28 C at 81.9
+
+
+def test_predict_from_a_csv_writes_predictions_beside_it(temperature_run, tmp_path):
+    csv = tmp_path / "readings.csv"
+    csv.write_text("t_u\n35.7\n55.9\n81.9\n")
+    cfg = compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"input_file={csv}")
+    table = predict(cfg)
+    written = pd.read_csv(tmp_path / "readings.predictions.csv")
+    assert written.columns.tolist() == ["t_u", "prediction"]
+    assert written["t_u"].tolist() == [35.7, 55.9, 81.9]
+    assert written["prediction"].tolist() == pytest.approx(table["prediction"].tolist())
+    assert written["prediction"].is_monotonic_increasing
+
+
+def test_predict_classification_gives_the_class_and_its_probability(tmp_path):
+    train(
+        compose_train(
+            tmp_path,
+            "model=logistic",
+            "data.preset=toy6",
+            "data.val_fraction=0",
+            "trainer=cpu",
+            "optimized_metric=train/loss",
+            "trainer.max_epochs=500",
+            "optimizer.lr=0.5",
+        )
+    )
+    inputs = "inputs=[[1,2],[6,2]]"  # the first and last of the six points: class 0 and class 1
+    table = predict(compose_entry(tmp_path, "predict", f"ckpt_path={tmp_path / 'run'}", inputs))
+    assert table["class"].tolist() == [0, 1]
+    assert ((table["probability"] > 0.5) & (table["probability"] <= 1)).all()
+
+
+def test_checkpoint_of_another_model_is_refused_in_one_line(temperature_run, tmp_path):
+    other = compose_train(tmp_path, "model=logistic", "trainer=cpu", "trainer.max_epochs=50")
+    train(other)
+    shutil.copy(
+        tmp_path / "run" / "checkpoints" / "last.ckpt", temperature_run / "checkpoints" / "other.ckpt"
+    )
+    ckpt = temperature_run / "checkpoints" / "other.ckpt"
+    with pytest.raises(ConfigError, match=r"holds a logistic model \(binary, 2 input\(s\)") as error:
+        evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={ckpt}"))
+    assert "\n" not in str(error.value)
+    ckpt.unlink()
+
+
+def test_wrong_input_width_is_refused(temperature_run, tmp_path):
+    with pytest.raises(ConfigError, match=r"inputs have 2 column\(s\) but the model takes 1"):
+        predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[1,2]]"))
+
+
+@pytest.mark.slow
+def test_eval_and_predict_scripts_as_a_user_runs_them(temperature_run, tmp_path):
+    args = (f"ckpt_path={temperature_run}", "data.val_fraction=0.5")
+    proc = run_train(tmp_path, *args, script="eval.py", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: data.val_fraction=0.5 would change the run saved in {temperature_run / 'config.yaml'}; "
+        "here you may set trainer.<key>=...: train a new run to change anything else"
+    ]
+    proc = run_train(tmp_path, f"ckpt_path={temperature_run}", "inputs=[81.9]", script="predict.py")
+    assert "81.9" in proc.stdout and "prediction" in proc.stdout
