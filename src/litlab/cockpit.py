@@ -1,0 +1,299 @@
+"""TensorBoard as the cockpit: distance to the optimum, pictures of the fit, the run's config as text.
+
+Matplotlib and imageio are imported inside the hooks that draw, so `python train.py` only pays for
+them when a picture is due."""
+
+import logging
+from pathlib import Path
+from textwrap import indent
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from torch import Tensor, nn
+from torch.utils.tensorboard import SummaryWriter
+
+log = logging.getLogger(__name__)
+
+
+def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
+    """The run's TensorBoard writer on rank 0; None without a TensorBoard logger."""
+    if not trainer.is_global_zero:
+        return None
+    return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: int, description: str) -> None:
+    """A scalar whose value carries the tag's description: TensorBoard keeps a tag's first metadata."""
+    meta = SummaryMetadata(
+        display_name=tag,
+        summary_description=description,
+        plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
+    )
+    summary = Summary(value=[Summary.Value(tag=tag, simple_value=value, metadata=meta)])
+    writer._get_file_writer().add_summary(summary, step)  # add_scalar takes no description
+
+
+def least_squares_optimum(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """(W, b) of the exact least-squares fit y ~ x W^T + b, by torch.linalg.lstsq with a bias column."""
+    a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    solution = torch.linalg.lstsq(a, y).solution  # [d + 1, k]
+    return solution[:-1].T, solution[-1]
+
+
+def lbfgs_optimum(model: nn.Linear, loss_fn, x: Tensor, y: Tensor, max_iter: int) -> None:
+    """Fit model to the whole of (x, y) with full-batch L-BFGS, in place: a reference near the optimum."""
+    opt = torch.optim.LBFGS(
+        model.parameters(), max_iter=max_iter, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+class OptimumGap(L.Callback):
+    """train/optimum_loss, the best loss a linear model reaches on the training split, and
+    train/gap = train/loss - optimum: whether the optimizer has converged or is still far away."""
+
+    def __init__(self, lbfgs_max_rows: int = 100_000, lbfgs_max_iter: int = 500):
+        self.lbfgs_max_rows = lbfgs_max_rows
+        self.lbfgs_max_iter = lbfgs_max_iter
+        self.optimum: float | None = None
+
+    def reference(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, str] | None:
+        """(optimum loss, how it was found) on float64 copies of the training split; None if too large."""
+        x, y = x.double(), (y.double() if y.is_floating_point() else y)
+        model = nn.Linear(x.shape[1], pl_module.hparams.out_features, dtype=torch.float64)
+        if pl_module.hparams.task == "regression":
+            weight, bias = least_squares_optimum(x, y)
+            how = "the exact least-squares solution of the training split (torch.linalg.lstsq)"
+            model.weight.data, model.bias.data = weight, bias
+        elif len(x) <= self.lbfgs_max_rows:
+            nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+            lbfgs_optimum(model, pl_module.loss, x, y, self.lbfgs_max_iter)
+            how = (
+                f"a full-batch L-BFGS fit of the training split ({self.lbfgs_max_iter} iterations): "
+                "an approximation; on separable classes the infimum is 0"
+            )
+        else:
+            return None
+        with torch.no_grad():
+            return float(pl_module.loss(model(x), y)), how
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        x, y = trainer.datamodule.splits["train"]
+        found = self.reference(pl_module, x.cpu(), y.cpu())
+        if found is None:
+            log.info(f"no reference optimum: {len(x)} training rows > lbfgs_max_rows={self.lbfgs_max_rows}")
+            return
+        self.optimum, how = found
+        writer = tensorboard_writer(trainer)
+        if writer is None:
+            return
+        with torch.no_grad():  # the gap before the first step; it also carries the tags' descriptions
+            start = float(pl_module.loss(pl_module(x), y))
+        step = trainer.global_step
+        add_described_scalar(writer, "train/optimum_loss", self.optimum, step, f"Loss of {how}.")
+        add_described_scalar(
+            writer, "train/gap", start - self.optimum, step, f"train/loss minus the loss of {how}."
+        )
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get("train/loss")  # this epoch's mean, as logged
+        if self.optimum is None or loss is None:
+            return
+        # Logged through Lightning, so the values share train/loss's step and reach metrics.json.
+        pl_module.log("train/optimum_loss", self.optimum)
+        pl_module.log("train/gap", float(loss) - self.optimum)
+
+
+def render(fig) -> np.ndarray:
+    """A matplotlib Figure drawn by Agg as an [H, W, 3] uint8 array (no pyplot, no GUI)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def new_figure(size: tuple[int, int], ncols: int = 1):
+    """(figure, axes) of exactly size = (width, height) pixels."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100, layout="constrained")
+    return fig, fig.subplots(1, ncols)
+
+
+def line_picture(points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, fitted: Tensor, title: str, size):
+    """The book's temperature plot: data points and the fitted line, in original units."""
+    fig, ax = new_figure(size)
+    for split, (x, y) in points.items():
+        ax.plot(x[:, 0], y, "o", label=split, alpha=0.7)
+    ax.plot(grid[:, 0], fitted, "-", color="k", label="model")
+    ax.set(xlabel="input (original units)", ylabel="target", title=title)
+    ax.legend(loc="best")
+    return render(fig)
+
+
+def regression_pictures(y: Tensor, pred: Tensor, size) -> dict[str, np.ndarray]:
+    """Predicted vs actual, and the residual histogram."""
+    fig, ax = new_figure(size)
+    ax.plot(y.flatten(), pred.flatten(), ".", alpha=0.5)
+    lo, hi = float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="actual", ylabel="predicted", title="predicted vs actual")
+    scatter = render(fig)
+    fig, ax = new_figure(size)
+    ax.hist((pred - y).flatten(), bins=40)
+    ax.set(xlabel="predicted - actual", ylabel="rows", title="residuals")
+    return {"predicted_vs_actual": scatter, "residuals": render(fig)}
+
+
+def confusion_picture(y: Tensor, pred: Tensor, classes: int, size) -> np.ndarray:
+    """Rows: true class, columns: predicted class, with counts."""
+    counts = torch.bincount(y * classes + pred, minlength=classes * classes).reshape(classes, classes)
+    fig, ax = new_figure(size)
+    ax.imshow(counts, cmap="Blues")
+    if classes <= 20:
+        for (i, j), n in np.ndenumerate(counts.numpy()):
+            ax.text(j, i, str(n), ha="center", va="center", color="w" if n > counts.max() / 2 else "k")
+    ax.set(xlabel="predicted", ylabel="true", title="confusion matrix", xticks=range(classes))
+    ax.set_yticks(range(classes))
+    return render(fig)
+
+
+def binary_pictures(y: Tensor, prob: Tensor, size, bins: int = 10) -> dict[str, np.ndarray]:
+    """ROC curve and calibration plot (mean predicted probability vs fraction of positives per bin)."""
+    from torchmetrics.functional.classification import binary_auroc, binary_roc
+
+    fpr, tpr, _ = binary_roc(prob, y)
+    fig, ax = new_figure(size)
+    ax.plot(fpr, tpr)
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    auc = float(binary_auroc(prob, y))
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (AUC {auc:.3f})")
+    roc = render(fig)
+    which = (prob * bins).long().clamp(max=bins - 1)
+    used = torch.bincount(which, minlength=bins) > 0
+    mean_prob = torch.zeros(bins).index_add_(0, which, prob)[used] / torch.bincount(which)[used]
+    positives = torch.zeros(bins).index_add_(0, which, y.float())[used] / torch.bincount(which)[used]
+    fig, ax = new_figure(size)
+    ax.plot(mean_prob, positives, "o-")
+    ax.plot([0, 1], [0, 1], "k--", lw=1)
+    ax.set(xlabel="mean predicted probability", ylabel="fraction of positives", title="calibration")
+    return {"roc": roc, "calibration": render(fig)}
+
+
+class FitPictures(L.Callback):
+    """Pictures of what the model learned, as TensorBoard images: drawn at the end of training and
+    every plot_every_n_val recorded epochs; a recorded epoch is one where validation runs (with no
+    validation split: every Lightning epoch). One-input regression also gets the fitted line at every
+    recorded epoch, as image frames and as an animated GIF in the run directory."""
+
+    def __init__(
+        self,
+        plot_every_n_val: int = 5,
+        gif: str | None = "fit.gif",
+        frame_ms: int = 200,
+        size: tuple[int, int] = (640, 480),
+    ):
+        self.plot_every_n_val = plot_every_n_val
+        self.gif = gif
+        self.frame_ms = frame_ms
+        self.size = tuple(size)
+        self.frames: list[np.ndarray] = []
+        self.recorded, self.last_step, self.drawn_step = 0, -1, -1
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
+            self.record(trainer, pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.last_step != trainer.global_step:
+            self.record(trainer, pl_module)
+        if self.drawn_step != trainer.global_step:
+            self.draw(trainer, pl_module)
+        if self.gif and self.frames and trainer.is_global_zero:
+            import imageio.v3 as iio
+
+            iio.imwrite(
+                Path(trainer.default_root_dir) / self.gif, self.frames, duration=self.frame_ms, loop=0
+            )
+
+    def one_input_regression(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        return pl_module.hparams.task == "regression" and trainer.datamodule.in_features == 1
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Weight histograms and a frame of the fitted line now; the other pictures when due."""
+        self.recorded, self.last_step = self.recorded + 1, trainer.global_step
+        writer = tensorboard_writer(trainer)
+        if not trainer.is_global_zero:
+            return
+        if writer is not None:
+            for name, param in pl_module.named_parameters():
+                writer.add_histogram(f"params/{name}", param.detach().cpu(), trainer.global_step)
+        if self.one_input_regression(trainer, pl_module):
+            self.frames.append(self.line_frame(trainer, pl_module))
+            if writer is not None:
+                writer.add_image("fit/line", self.frames[-1], trainer.global_step, dataformats="HWC")
+        if self.recorded % self.plot_every_n_val == 0:
+            self.draw(trainer, pl_module)
+
+    @torch.no_grad()
+    def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> np.ndarray:
+        """Data points and fitted line in original units: the normalisation (x_shift, x_scale) undone."""
+        data = trainer.datamodule
+        shift, scale = data.x_shift.to(pl_module.device), data.x_scale.to(pl_module.device)
+        points = {split: (x * scale + shift, y) for split, (x, y) in data.splits.items()}
+        xs = torch.cat([x for x, _ in points.values()])
+        grid = torch.linspace(float(xs.min()), float(xs.max()), 100, device=xs.device).unsqueeze(1)
+        fitted = pl_module((grid - shift) / scale)
+        loss = trainer.callback_metrics.get("train/loss", float("nan"))
+        title = f"epoch {trainer.global_step}: train/loss {float(loss):.4g}"
+        cpu = {split: (x.cpu(), y.cpu()) for split, (x, y) in points.items()}
+        return line_picture(cpu, grid.cpu(), fitted.cpu(), title, self.size)
+
+    @torch.no_grad()
+    def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Every picture of this task, on the validation split (the training split without one)."""
+        self.drawn_step = trainer.global_step
+        writer = tensorboard_writer(trainer)
+        if writer is None or self.one_input_regression(trainer, pl_module):
+            return
+        splits = trainer.datamodule.splits
+        x, y = splits.get("val", splits["train"])
+        pred = pl_module.predictions(pl_module(x)).cpu()
+        y, task = y.cpu(), pl_module.hparams.task
+        if task == "regression":
+            pictures = regression_pictures(y, pred, self.size)
+        elif task == "binary":
+            prob, y = pred[:, 0], y[:, 0].long()
+            pictures = binary_pictures(y, prob, self.size)
+            pictures["confusion_matrix"] = confusion_picture(y, (prob > 0.5).long(), 2, self.size)
+        else:
+            pictures = {"confusion_matrix": confusion_picture(y, pred.argmax(1), pred.shape[1], self.size)}
+        for name, image in pictures.items():
+            writer.add_image(f"fit/{name}", image, trainer.global_step, dataformats="HWC")
+
+
+class ConfigText(L.Callback):
+    """The run's resolved config.yaml (written by train()) and its command line as TensorBoard text."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer, run = tensorboard_writer(trainer), Path(trainer.default_root_dir)
+        if writer is None or not (run / "config.yaml").exists():
+            return
+        text = indent((run / "config.yaml").read_text(), "    ")  # indented: markdown code block
+        overrides = run / ".hydra" / "overrides.yaml"
+        if overrides.exists():
+            from omegaconf import OmegaConf
+
+            text = f"    python train.py {' '.join(OmegaConf.load(overrides))}\n\n{text}"
+        writer.add_text("config", text, trainer.global_step)
