@@ -3,6 +3,7 @@ PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TB_PORT ?= 6006
 
 .PHONY: install train test lint format tensorboard bench clean
 
@@ -29,9 +30,10 @@ format:
 bench:
 	$(PYTHON) scripts/bench.py
 
+# Loopback only. TensorBoard keeps 10 images per tag unless told: keep every frame of fit/line.
 tensorboard:
-	@echo "TensorBoard at http://127.0.0.1:6006"
-	$(PYTHON) -m tensorboard.main --logdir logs --host 127.0.0.1 --port 6006
+	@echo "TensorBoard at http://127.0.0.1:$(TB_PORT) (logs/; Ctrl-C stops it)"
+	$(PYTHON) -m tensorboard.main --logdir logs --host 127.0.0.1 --port $(TB_PORT) --samples_per_plugin images=1000
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

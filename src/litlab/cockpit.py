@@ -169,8 +169,17 @@ def confusion_picture(y: Tensor, pred: Tensor, classes: int, size) -> np.ndarray
     return render(fig)
 
 
-def binary_pictures(y: Tensor, prob: Tensor, size, bins: int = 10) -> dict[str, np.ndarray]:
-    """ROC curve and calibration plot (mean predicted probability vs fraction of positives per bin)."""
+def calibration(y: Tensor, prob: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]:
+    """(mean predicted probability, fraction of positives) in each non-empty probability bin."""
+    which = (prob * bins).long().clamp(max=bins - 1)
+    rows = torch.bincount(which, minlength=bins)
+    used = rows > 0
+    mean_prob = torch.zeros(bins).index_add_(0, which, prob.float())[used] / rows[used]
+    return mean_prob, torch.zeros(bins).index_add_(0, which, y.float())[used] / rows[used]
+
+
+def binary_pictures(y: Tensor, prob: Tensor, size) -> dict[str, np.ndarray]:
+    """ROC curve and calibration plot."""
     from torchmetrics.functional.classification import binary_auroc, binary_roc
 
     fpr, tpr, _ = binary_roc(prob, y)
@@ -180,12 +189,8 @@ def binary_pictures(y: Tensor, prob: Tensor, size, bins: int = 10) -> dict[str, 
     auc = float(binary_auroc(prob, y))
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC (AUC {auc:.3f})")
     roc = render(fig)
-    which = (prob * bins).long().clamp(max=bins - 1)
-    used = torch.bincount(which, minlength=bins) > 0
-    mean_prob = torch.zeros(bins).index_add_(0, which, prob)[used] / torch.bincount(which)[used]
-    positives = torch.zeros(bins).index_add_(0, which, y.float())[used] / torch.bincount(which)[used]
     fig, ax = new_figure(size)
-    ax.plot(mean_prob, positives, "o-")
+    ax.plot(*calibration(y, prob), "o-")
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     ax.set(xlabel="mean predicted probability", ylabel="fraction of positives", title="calibration")
     return {"roc": roc, "calibration": render(fig)}

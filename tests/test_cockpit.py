@@ -1,0 +1,115 @@
+"""The cockpit callbacks: distance to the optimum, pictures with their sizes and steps, GIF, config."""
+
+import io
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from litlab.cockpit import calibration, lbfgs_optimum, least_squares_optimum
+from litlab.data.regression import POINTS30_Y, generate
+from litlab.train import train
+from tests.conftest import compose_train
+
+POINTS30 = ("data=regression", "data.preset=points30", "trainer=cpu")
+
+
+def fit(root: Path, *overrides: str) -> Path:
+    """Train in-process with logs under root; the run directory."""
+    cfg = compose_train(root, *overrides)
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def read_events(run: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "tensors": 0})
+    acc.Reload()
+    return acc
+
+
+def image_sizes(acc: EventAccumulator, tag: str) -> list[tuple[int, int, int]]:
+    """(step, width, height) of every image of a tag, read from the PNG itself."""
+    return [(e.step, *Image.open(io.BytesIO(e.encoded_image_string)).size) for e in acc.Images(tag)]
+
+
+def test_least_squares_optimum_is_the_line_numpy_fits():
+    x, y = torch.arange(1.0, 31.0, dtype=torch.float64).unsqueeze(1), torch.tensor(POINTS30_Y).double()
+    weight, bias = least_squares_optimum(x, y.unsqueeze(1))
+    slope, intercept = np.polyfit(x[:, 0].numpy(), y.numpy(), 1)
+    assert weight.item() == pytest.approx(slope, rel=1e-10) and bias.item() == pytest.approx(
+        intercept, rel=1e-10
+    )
+
+
+def test_lbfgs_reference_is_a_stationary_point_of_the_logistic_loss():
+    x, y = (t.double() for t in generate(1000, 3, 0.0, "binary", seed=0))
+    model = nn.Linear(3, 1, dtype=torch.float64)
+    lbfgs_optimum(model, F.binary_cross_entropy_with_logits, x, y, max_iter=500)
+    loss = F.binary_cross_entropy_with_logits(model(x), y)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert max(g.abs().max().item() for g in grads) < 1e-6  # convex loss: stationary means optimal
+
+
+def test_calibration_of_calibrated_probabilities_lies_on_the_diagonal():
+    g = torch.Generator().manual_seed(0)
+    prob = torch.rand(200_000, generator=g)
+    y = torch.bernoulli(prob, generator=g)
+    mean_prob, positives = calibration(y, prob, bins=10)
+    torch.testing.assert_close(mean_prob, torch.arange(10) / 10 + 0.05, atol=2e-3, rtol=0)
+    torch.testing.assert_close(positives, mean_prob, atol=1e-2, rtol=0)
+
+
+def test_gap_reaches_zero_for_a_long_sgd_run_and_stays_positive_for_a_short_one(tmp_path):
+    all_points = ("data.val_fraction=0.0", "optimized_metric=train/loss")
+    runs = {n: fit(tmp_path / str(n), *POINTS30, *all_points, f"trainer.max_epochs={n}") for n in (20, 3000)}
+    final = {n: json.loads((run / "metrics.json").read_text())["metrics"] for n, run in runs.items()}
+    slope, intercept = np.polyfit(np.arange(1, 31), POINTS30_Y, 1)
+    best = float(np.mean((slope * np.arange(1, 31) + intercept - np.array(POINTS30_Y)) ** 2))
+    assert final[3000]["train/optimum_loss"] == pytest.approx(best, rel=1e-6)
+    assert abs(final[3000]["train/gap"]) < 1e-4 * best
+    assert final[20]["train/gap"] > 10 * best  # SGD at lr 1e-2 is far from done after 20 epochs
+
+    acc = read_events(runs[3000])
+    loss, gap = acc.Scalars("train/loss"), acc.Scalars("train/gap")
+    assert [e.step for e in gap] == [0] + [e.step for e in loss]  # the start, then next to every loss
+    for g, lo in zip(gap[1:], loss, strict=True):
+        assert g.value == pytest.approx(lo.value - best, abs=1e-4)
+    assert "torch.linalg.lstsq" in acc.SummaryMetadata("train/gap").summary_description
+
+
+def test_fitted_line_frames_and_gif_have_one_frame_per_recorded_epoch(tmp_path):
+    # validation every 100 epochs, 250 epochs: frames at 100 and 200, and the end of training at 250
+    run = fit(tmp_path, *POINTS30, "trainer.max_epochs=250", "trainer.check_val_every_n_epoch=100")
+    acc = read_events(run)
+    assert image_sizes(acc, "fit/line") == [(100, 640, 480), (200, 640, 480), (250, 640, 480)]
+    gif = iio.imread(run / "fit.gif", index=None)
+    assert gif.shape == (3, 480, 640, 3)
+    assert [e.step for e in acc.Histograms("params/linear.weight")] == [100, 200, 250]
+    config = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "preset: points30" in config and "_target_: litlab.cockpit.FitPictures" in config
+
+
+def test_classification_pictures_have_the_configured_size_and_steps(tmp_path):
+    run = fit(
+        tmp_path,
+        "model=logistic",
+        "trainer=cpu",
+        "trainer.max_epochs=200",
+        "trainer.check_val_every_n_epoch=50",
+        "callbacks.fit_pictures.plot_every_n_val=3",
+        "callbacks.fit_pictures.size=[320,240]",
+    )
+    acc = read_events(run)
+    # recorded at 50, 100, 150, 200: the third is due, and the end of training
+    for tag in ("fit/roc", "fit/calibration", "fit/confusion_matrix"):
+        assert image_sizes(acc, tag) == [(150, 320, 240), (200, 320, 240)]
+    assert "fit/line" not in acc.Tags()["images"] and not (run / "fit.gif").exists()
+    assert "L-BFGS" in acc.SummaryMetadata("train/optimum_loss").summary_description
+    assert acc.Scalars("train/gap")[-1].value > 0
