@@ -51,6 +51,7 @@ def test_least_squares_optimum_is_the_line_numpy_fits():
 def test_lbfgs_reference_is_a_stationary_point_of_the_logistic_loss():
     x, y = (t.double() for t in generate(1000, 3, 0.0, "binary", seed=0))
     model = nn.Linear(3, 1, dtype=torch.float64)
+    nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)  # as OptimumGap starts it
     lbfgs_optimum(model, F.binary_cross_entropy_with_logits, x, y, max_iter=500)
     loss = F.binary_cross_entropy_with_logits(model(x), y)
     grads = torch.autograd.grad(loss, list(model.parameters()))

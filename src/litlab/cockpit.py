@@ -3,6 +3,7 @@
 Matplotlib and imageio are imported inside the hooks that draw, so `python train.py` only pays for
 them when a picture is due."""
 
+import io
 import logging
 from pathlib import Path
 from textwrap import indent
@@ -36,6 +37,20 @@ def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: in
     writer._get_file_writer().add_summary(summary, step)  # add_scalar takes no description
 
 
+def add_picture(writer: SummaryWriter, tag: str, image: np.ndarray, step: int) -> None:
+    """An [H, W, 3] uint8 image as a PNG at zlib level 1: a third of the time add_image takes (which
+    rescales through float32 and compresses at level 6) for a plot of flat colours."""
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG", compress_level=1)
+    height, width, channels = image.shape
+    picture = Summary.Image(
+        height=height, width=width, colorspace=channels, encoded_image_string=png.getvalue()
+    )
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
+
+
 def least_squares_optimum(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """(W, b) of the exact least-squares fit y ~ x W^T + b, by torch.linalg.lstsq with a bias column."""
     a = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
@@ -46,7 +61,11 @@ def least_squares_optimum(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 def lbfgs_optimum(model: nn.Linear, loss_fn, x: Tensor, y: Tensor, max_iter: int) -> None:
     """Fit model to the whole of (x, y) with full-batch L-BFGS, in place: a reference near the optimum."""
     opt = torch.optim.LBFGS(
-        model.parameters(), max_iter=max_iter, tolerance_grad=1e-10, line_search_fn="strong_wolfe"
+        model.parameters(),
+        max_iter=max_iter,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
     )
 
     def closure() -> Tensor:
@@ -131,15 +150,41 @@ def new_figure(size: tuple[int, int], ncols: int = 1):
     return fig, fig.subplots(1, ncols)
 
 
-def line_picture(points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, fitted: Tensor, title: str, size):
-    """The book's temperature plot: data points and the fitted line, in original units."""
-    fig, ax = new_figure(size)
-    for split, (x, y) in points.items():
-        ax.plot(x[:, 0], y, "o", label=split, alpha=0.7)
-    ax.plot(grid[:, 0], fitted, "-", color="k", label="model")
-    ax.set(xlabel="input (original units)", ylabel="target", title=title)
-    ax.legend(loc="best")
-    return render(fig)
+class LineFrames:
+    """The book's temperature plot, data points and fitted line in original units, drawn once: each
+    frame pastes that background and draws only the line and the title (Agg blitting, ~10x faster
+    than a fresh figure)."""
+
+    def __init__(self, points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, outputs: int, size):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        fig, self.ax = new_figure(size)
+        for split, (x, y) in points.items():
+            self.ax.plot(x[:, 0], y, "o", label=split, alpha=0.7)
+        # Axes fit the data, not the line: a line far off early in training leaves the frame.
+        self.lines = self.ax.plot(grid[:, 0], torch.zeros(len(grid), outputs), "-k", scaley=False)
+        self.lines[0].set_label("model")
+        self.ax.set(xlabel="input (original units)", ylabel="target", title=" ")
+        self.ax.legend(loc="upper left")
+        self.canvas = FigureCanvasAgg(fig)
+        self.canvas.draw()  # lays out the figure with room for a title
+        fig.set_layout_engine("none")
+        for artist in (*self.lines, self.ax.title):
+            artist.set_visible(False)
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(fig.bbox)
+        for artist in (*self.lines, self.ax.title):
+            artist.set_visible(True)
+
+    def frame(self, fitted: Tensor, title: str) -> np.ndarray:
+        """[H, W, 3] uint8 picture with the line at fitted [len(grid), outputs]."""
+        self.canvas.restore_region(self.background)
+        for line, values in zip(self.lines, fitted.T, strict=True):
+            line.set_ydata(values)
+            self.ax.draw_artist(line)
+        self.ax.set_title(title)
+        self.ax.draw_artist(self.ax.title)
+        return np.asarray(self.canvas.buffer_rgba())[..., :3].copy()
 
 
 def regression_pictures(y: Tensor, pred: Tensor, size) -> dict[str, np.ndarray]:
@@ -196,28 +241,47 @@ def binary_pictures(y: Tensor, prob: Tensor, size) -> dict[str, np.ndarray]:
     return {"roc": roc, "calibration": render(fig)}
 
 
+def save_gif(path: Path, frames: list[np.ndarray], frame_ms: int) -> None:
+    """An animated GIF that loops. Pillow's fast octree palette: imageio's default quantizer took
+    4.5x as long (0.55 s vs 0.12 s for ten 640x480 frames) for a file 2.5x as large."""
+    from PIL import Image
+
+    method = Image.Quantize.FASTOCTREE
+    first, *rest = (Image.fromarray(frame).quantize(method=method) for frame in frames)
+    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0)
+
+
 class FitPictures(L.Callback):
-    """Pictures of what the model learned, as TensorBoard images: drawn at the end of training and
-    every plot_every_n_val recorded epochs; a recorded epoch is one where validation runs (with no
-    validation split: every Lightning epoch). One-input regression also gets the fitted line at every
-    recorded epoch, as image frames and as an animated GIF in the run directory."""
+    """Pictures of what the model learned, as TensorBoard images at the step of trainer.global_step.
+
+    Recorded epochs come every_n_epochs data epochs (the validation cadence in our config) and at the
+    end of training: each records weight histograms and, for one-input regression, a frame of the
+    fitted line (fit/line, and the animated GIF in the run directory). The other pictures are drawn
+    every plot_every_n_val recorded epochs and at the end. Nothing runs on the per-step path."""
 
     def __init__(
         self,
+        every_n_epochs: int = 100,
         plot_every_n_val: int = 5,
         gif: str | None = "fit.gif",
         frame_ms: int = 200,
         size: tuple[int, int] = (640, 480),
     ):
+        self.every_n_epochs = every_n_epochs
         self.plot_every_n_val = plot_every_n_val
         self.gif = gif
         self.frame_ms = frame_ms
         self.size = tuple(size)
         self.frames: list[np.ndarray] = []
-        self.recorded, self.last_step, self.drawn_step = 0, -1, -1
+        self.line_frames: LineFrames | None = None
+        self.recorded, self.last_step, self.drawn_step, self.epochs = 0, -1, -1, 0
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0:
+        # A Lightning epoch holds epochs_per_step data epochs on full-batch data (one step each).
+        epochs = trainer.global_step if trainer.datamodule.full_batch else trainer.current_epoch + 1
+        crossed = epochs // self.every_n_epochs > self.epochs // self.every_n_epochs
+        self.epochs = epochs
+        if crossed:
             self.record(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -226,11 +290,7 @@ class FitPictures(L.Callback):
         if self.drawn_step != trainer.global_step:
             self.draw(trainer, pl_module)
         if self.gif and self.frames and trainer.is_global_zero:
-            import imageio.v3 as iio
-
-            iio.imwrite(
-                Path(trainer.default_root_dir) / self.gif, self.frames, duration=self.frame_ms, loop=0
-            )
+            save_gif(Path(trainer.default_root_dir) / self.gif, self.frames, self.frame_ms)
 
     def one_input_regression(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
         return pl_module.hparams.task == "regression" and trainer.datamodule.in_features == 1
@@ -247,7 +307,7 @@ class FitPictures(L.Callback):
         if self.one_input_regression(trainer, pl_module):
             self.frames.append(self.line_frame(trainer, pl_module))
             if writer is not None:
-                writer.add_image("fit/line", self.frames[-1], trainer.global_step, dataformats="HWC")
+                add_picture(writer, "fit/line", self.frames[-1], trainer.global_step)
         if self.recorded % self.plot_every_n_val == 0:
             self.draw(trainer, pl_module)
 
@@ -256,14 +316,15 @@ class FitPictures(L.Callback):
         """Data points and fitted line in original units: the normalisation (x_shift, x_scale) undone."""
         data = trainer.datamodule
         shift, scale = data.x_shift.to(pl_module.device), data.x_scale.to(pl_module.device)
-        points = {split: (x * scale + shift, y) for split, (x, y) in data.splits.items()}
-        xs = torch.cat([x for x, _ in points.values()])
-        grid = torch.linspace(float(xs.min()), float(xs.max()), 100, device=xs.device).unsqueeze(1)
-        fitted = pl_module((grid - shift) / scale)
+        if self.line_frames is None:
+            points = {split: ((x * scale + shift).cpu(), y.cpu()) for split, (x, y) in data.splits.items()}
+            xs = torch.cat([x for x, _ in points.values()])
+            self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
+            self.line_frames = LineFrames(points, self.grid, pl_module.hparams.out_features, self.size)
+        fitted = pl_module((self.grid.to(pl_module.device) - shift) / scale)
         loss = trainer.callback_metrics.get("train/loss", float("nan"))
-        title = f"epoch {trainer.global_step}: train/loss {float(loss):.4g}"
-        cpu = {split: (x.cpu(), y.cpu()) for split, (x, y) in points.items()}
-        return line_picture(cpu, grid.cpu(), fitted.cpu(), title, self.size)
+        title = f"epoch {self.epochs}: train/loss {float(loss):.4g}"
+        return self.line_frames.frame(fitted.cpu(), title)
 
     @torch.no_grad()
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -285,7 +346,7 @@ class FitPictures(L.Callback):
         else:
             pictures = {"confusion_matrix": confusion_picture(y, pred.argmax(1), pred.shape[1], self.size)}
         for name, image in pictures.items():
-            writer.add_image(f"fit/{name}", image, trainer.global_step, dataformats="HWC")
+            add_picture(writer, f"fit/{name}", image, trainer.global_step)
 
 
 class ConfigText(L.Callback):
