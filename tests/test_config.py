@@ -59,3 +59,4 @@ def test_schedule_counts_user_epochs():
     assert s == {"max_epochs": 100, "max_steps": 5000, "check_val_every_n_epoch": 2}
     s = lightning_schedule(OmegaConf.create(cfg), 1, has_val=False)
     assert s["max_epochs"] == 5000 and s["max_steps"] == -1 and s["limit_val_batches"] == 0
+    assert s["check_val_every_n_epoch"] == 100

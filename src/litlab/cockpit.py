@@ -5,6 +5,7 @@ them when a picture is due."""
 
 import io
 import logging
+import math
 from pathlib import Path
 from textwrap import indent
 
@@ -126,7 +127,7 @@ class OptimumGap(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")  # this epoch's mean, as logged
-        if self.optimum is None or loss is None:
+        if self.optimum is None or loss is None or not pl_module.is_metrics_epoch():
             return
         # Logged through Lightning, so the values share train/loss's step and reach metrics.json.
         pl_module.log("train/optimum_loss", self.optimum)
@@ -262,12 +263,14 @@ class FitPictures(L.Callback):
     def __init__(
         self,
         every_n_epochs: int = 100,
+        max_records: int = 10,
         plot_every_n_val: int = 5,
         gif: str | None = "fit.gif",
         frame_ms: int = 200,
         size: tuple[int, int] = (640, 480),
     ):
         self.every_n_epochs = every_n_epochs
+        self.max_records = max_records
         self.plot_every_n_val = plot_every_n_val
         self.gif = gif
         self.frame_ms = frame_ms
@@ -276,10 +279,15 @@ class FitPictures(L.Callback):
         self.line_frames: LineFrames | None = None
         self.recorded, self.last_step, self.drawn_step, self.epochs = 0, -1, -1, 0
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Each record costs tens of ms of drawing: spread at most max_records over a long run.
+        total = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs
+        self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A Lightning epoch holds epochs_per_step data epochs on full-batch data (one step each).
         epochs = trainer.global_step if trainer.datamodule.full_batch else trainer.current_epoch + 1
-        crossed = epochs // self.every_n_epochs > self.epochs // self.every_n_epochs
+        crossed = epochs // self.every > self.epochs // self.every
         self.epochs = epochs
         if crossed:
             self.record(trainer, pl_module)

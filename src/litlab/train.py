@@ -32,8 +32,8 @@ def lightning_schedule(trainer_cfg: DictConfig, epochs_per_step: int, has_val: b
         "max_steps": epochs if epochs_per_step > 1 else -1,
         "check_val_every_n_epoch": max(1, round(val_every / epochs_per_step)),
     }
-    if not has_val:  # and ModelCheckpoint saves at the end of every Lightning epoch instead
-        schedule.update(limit_val_batches=0, check_val_every_n_epoch=1)
+    if not has_val:
+        schedule["limit_val_batches"] = 0
     return schedule
 
 
