@@ -1,8 +1,16 @@
 """Callbacks of our own: what Lightning has no built-in for."""
 
+import math
+from pathlib import Path
+
 import lightning as L
-from lightning.pytorch.callbacks import ProgressBar
+import torch
+from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
 from tqdm.auto import tqdm
+
+from litlab.errors import Diverged
 
 
 class EpochProgressBar(ProgressBar):
@@ -41,3 +49,65 @@ class EpochProgressBar(ProgressBar):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class DivergenceGuard(Callback):
+    """Stop at the first epoch whose training loss is not finite, or (with growth_factor) that many times
+    the lowest loss so far; the exact epoch is found also inside a step that fused several epochs."""
+
+    def __init__(self, growth_factor: float | None = None):
+        super().__init__()
+        self.growth_factor = growth_factor
+        self.lowest: Tensor | None = None
+
+    def bad_epochs(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """(which epochs diverged, the lowest loss up to each epoch)."""
+        prior = self.lowest if self.lowest is not None else losses.new_tensor(math.inf)
+        lowest = torch.minimum(torch.cummin(losses.nan_to_num(nan=math.inf), 0).values, prior)
+        bad = ~torch.isfinite(losses)
+        if self.growth_factor:
+            bad |= losses > self.growth_factor * lowest
+        return bad, lowest
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        losses = outputs.get("epoch_losses", outputs["loss"].detach().reshape(1))
+        bad, lowest = self.bad_epochs(losses)
+        first = torch.where(bad.any(), bad.int().argmax(), len(losses)).float()
+        first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one host sync; all ranks stop together
+        if first == len(losses):
+            self.lowest = lowest[-1]
+            return
+        full_batch = trainer.num_training_batches == 1  # then every optimizer step is one epoch
+        start = trainer.global_step - len(losses)
+        loss = float(losses[first])
+        if (
+            full_batch and len(losses) > 1
+        ):  # the fused epochs up to the bad one, as one epoch per step would log
+            for logger in trainer.loggers:
+                for i, value in enumerate(losses[: first + 1].tolist()):
+                    logger.log_metrics({"train/loss": value}, step=start + i)
+        why = "" if not math.isfinite(loss) else f", {loss / float(lowest[first]):.3g} times its lowest"
+        raise Diverged(start + first + 1 if full_batch else trainer.current_epoch + 1, loss, why)
+
+
+class InterruptCheckpoint(Callback):
+    """dirpath/last.ckpt when training starts and when Ctrl-C or SIGTERM stops it, never when it diverged.
+
+    So a run stopped or diverged before its first epoch end still has a finite checkpoint. (Lightning's
+    ModelCheckpoint(save_on_exception=True) would also save the diverged weights.)"""
+
+    def __init__(self, dirpath: str):
+        super().__init__()
+        self.path = Path(dirpath) / "last.ckpt"
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.path.exists():
+            trainer.save_checkpoint(self.path, weights_only=False)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            trainer.save_checkpoint(self.path, weights_only=False)

@@ -9,9 +9,11 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checks import check_config
+from litlab.errors import Diverged
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,35 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
+def fit(trainer: L.Trainer, model: L.LightningModule, data, val_every: int) -> BaseException | None:
+    """trainer.fit and a final validation; the divergence, Ctrl-C or SIGTERM that stopped it early, if any."""
+    try:
+        trainer.fit(model, datamodule=data)
+    except Diverged as e:
+        log.error(str(e))
+        return e
+    except SystemExit as e:  # Lightning's graceful stop: callbacks saw on_exception, loggers were closed
+        return e
+    if "val" in data.splits and trainer.current_epoch % val_every:
+        trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
+    return None
+
+
+def finish(
+    cfg: DictConfig, trainer: L.Trainer, stopped: BaseException | None, metrics: dict, started: float
+) -> str:
+    """Record how the run ended (ok, diverged, interrupted) in TensorBoard's hparams and metrics.json."""
+    status = "ok" if stopped is None else "diverged" if isinstance(stopped, Diverged) else "interrupted"
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
+            hparams = {**hparams_of(cfg), "status": status}
+            logger.log_hyperparams(hparams, {f"final/{k}": v for k, v in metrics.items()})
+            logger.finalize("success" if status == "ok" else "failed")
+    error = str(stopped or "").removeprefix("error: ")
+    write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+    return status
+
+
 def train(cfg: DictConfig) -> float:
     """Fit the configured model; return the final value of cfg.optimized_metric."""
     started = time.time()
@@ -76,8 +107,9 @@ def train(cfg: DictConfig) -> float:
         out_features=data.out_features,
         epochs_per_step=k,
     )
-    loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
+    # callbacks.<name>=null switches one off
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c is not None]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
     schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks, **schedule)
     out_dir = Path(cfg.paths.output_dir)
@@ -87,17 +119,19 @@ def train(cfg: DictConfig) -> float:
         f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs"
     )
 
-    trainer.fit(model, datamodule=data)
-    if "val" in data.splits and trainer.current_epoch % schedule["check_val_every_n_epoch"]:
-        trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
-
+    stopped = fit(trainer, model, data, schedule["check_val_every_n_epoch"])
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
-            logger.log_hyperparams(hparams_of(cfg), {f"final/{k}": v for k, v in metrics.items()})
-            logger.finalize("success")
-    write_result(out_dir, "ok", metrics, started)
-    log.info("final " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
+    epochs = trainer.global_step if data.full_batch else trainer.current_epoch
+    if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
+        stopped = Diverged(epochs, metrics[cfg.optimized_metric])
+    if isinstance(stopped, SystemExit):  # also ends a sweep, as a Ctrl-C should
+        why = "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
+        where = out_dir / "checkpoints" / "last.ckpt"
+        stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
+    status = finish(cfg, trainer, stopped, metrics, started)
+    if stopped is not None:
+        raise stopped
+    log.info(f"{status}: " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
     log.info(f"run directory: {out_dir}")
     log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}")
     return metrics[cfg.optimized_metric]

@@ -92,7 +92,7 @@ class LinearModel(L.LightningModule):
     def update_metrics(self, metrics: tm.MetricCollection, out: Tensor, y: Tensor) -> None:
         metrics.update(self.predictions(out), y if self.hparams.task == "regression" else y.long())
 
-    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> dict[str, Tensor]:
         x, y = batch
         opt = self.optimizers()
         # Full-batch data: several epochs per Lightning step, each a real optimizer step on the whole set;
@@ -100,9 +100,13 @@ class LinearModel(L.LightningModule):
         steps = self.hparams.epochs_per_step
         if self.trainer.max_steps > 0:
             steps = min(steps, self.trainer.max_steps - self.global_step)
-        for _ in range(steps):
+        losses = torch.empty(
+            steps, device=x.device
+        )  # each epoch's loss, read once per step (no sync per epoch)
+        for i in range(steps):
             out = self(x)
             loss = self.loss(out, y)
+            losses[i] = loss.detach()
             opt.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             opt.step()
@@ -111,7 +115,7 @@ class LinearModel(L.LightningModule):
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         self.update_metrics(self.train_metrics, out.detach(), y)
-        return loss
+        return {"loss": loss, "epoch_losses": losses}  # callbacks (DivergenceGuard) get it as `outputs`
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute())
