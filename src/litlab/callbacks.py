@@ -50,6 +50,11 @@ class EpochProgressBar(ProgressBar):
             self.bar.close()
             self.bar = None
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end(trainer, pl_module)  # so a diverged or stopped run's message starts its own line
+
 
 class DivergenceGuard(Callback):
     """Stop at the first epoch whose training loss is not finite, or (with growth_factor) that many times
