@@ -66,10 +66,7 @@ def fit(trainer: L.Trainer, model: L.LightningModule, data, val_every: int) -> B
     """trainer.fit and a final validation; the divergence, Ctrl-C or SIGTERM that stopped it early, if any."""
     try:
         trainer.fit(model, datamodule=data)
-    except Diverged as e:
-        log.error(str(e))
-        return e
-    except SystemExit as e:  # Lightning's graceful stop: callbacks saw on_exception, loggers were closed
+    except (Diverged, SystemExit) as e:  # SystemExit: Lightning's graceful stop on Ctrl-C or SIGTERM
         return e
     if "val" in data.splits and trainer.current_epoch % val_every:
         trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final

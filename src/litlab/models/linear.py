@@ -100,9 +100,8 @@ class LinearModel(L.LightningModule):
         steps = self.hparams.epochs_per_step
         if self.trainer.max_steps > 0:
             steps = min(steps, self.trainer.max_steps - self.global_step)
-        losses = torch.empty(
-            steps, device=x.device
-        )  # each epoch's loss, read once per step (no sync per epoch)
+        # Each epoch's loss, for DivergenceGuard to read once per step instead of a host sync per epoch.
+        losses = torch.empty(steps, device=x.device)
         for i in range(steps):
             out = self(x)
             loss = self.loss(out, y)
