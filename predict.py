@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from litlab.errors import exit_on_user_error
+from litlab.entry import exit_on_user_error, run
 from litlab.inference import predict
 
 
@@ -16,4 +16,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,7 +7,11 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from torch import Tensor
 from tqdm.auto import tqdm
+
+from litlab.errors import Diverged
 
 
 class EpochProgressBar(ProgressBar):
@@ -47,13 +51,62 @@ class EpochProgressBar(ProgressBar):
             self.bar.close()
             self.bar = None
 
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.on_train_end(trainer, pl_module)  # so a diverged or stopped run's message starts its own line
+
+
+class DivergenceGuard(Callback):
+    """Stop at the first epoch whose training loss is not finite, or (with growth_factor) that many times
+    the lowest loss so far; the exact epoch is found also inside a step that fused several epochs."""
+
+    def __init__(self, growth_factor: float | None = None):
+        super().__init__()
+        self.growth_factor = growth_factor
+        self.lowest: Tensor | None = None
+
+    def bad_epochs(self, losses: Tensor) -> tuple[Tensor, Tensor]:
+        """(which epochs diverged, the lowest loss up to each epoch)."""
+        prior = self.lowest if self.lowest is not None else losses.new_tensor(math.inf)
+        lowest = torch.minimum(torch.cummin(losses.nan_to_num(nan=math.inf), 0).values, prior)
+        bad = ~torch.isfinite(losses)
+        if self.growth_factor:
+            bad |= losses > self.growth_factor * lowest
+        return bad, lowest
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
+    ) -> None:
+        losses = outputs.get("epoch_losses", outputs["loss"].detach().reshape(1))
+        bad, lowest = self.bad_epochs(losses)
+        first = torch.where(bad.any(), bad.int().argmax(), len(losses)).float()
+        first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one host sync; all ranks stop together
+        if first == len(losses):
+            self.lowest = lowest[-1]
+            return
+        full_batch = trainer.num_training_batches == 1  # then every optimizer step is one epoch
+        start = trainer.global_step - len(losses)
+        loss = float(losses[first])
+        if (
+            full_batch and len(losses) > 1
+        ):  # the fused epochs up to the bad one, as one epoch per step would log
+            for logger in trainer.loggers:
+                for i, value in enumerate(losses[: first + 1].tolist()):
+                    logger.log_metrics({"train/loss": value}, step=start + i)
+        why = "" if not math.isfinite(loss) else f", {loss / float(lowest[first]):.3g} times its lowest"
+        raise Diverged(start + first + 1 if full_batch else trainer.current_epoch + 1, loss, why)
+
 
 class LastCheckpoint(Callback):
-    """checkpoints/last.ckpt: where training is, to resume from; written at most every `every_s` seconds,
-    when training ends or is interrupted, and never with non-finite weights (a diverged run keeps its
-    last finite state). Lightning's save_last refreshes only when the monitored value improves."""
+    """checkpoints/last.ckpt: where training is, to resume from. Written when training starts, at most every
+    `every_s` seconds at an epoch end, when it ends, and when Ctrl-C or SIGTERM stops it; never with
+    non-finite weights, and not when it diverged (DivergenceGuard raises before the epoch end), so a
+    diverged run keeps its last sound state. Lightning's save_last refreshes only on a better metric,
+    and its save_on_exception would also save diverged weights."""
 
     def __init__(self, dirpath: str, every_s: float = 10.0):
+        super().__init__()
         self.path = Path(dirpath) / "last.ckpt"
         self.every_s = every_s
         self.saved_at = -math.inf
@@ -65,6 +118,11 @@ class LastCheckpoint(Callback):
             trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loop state: resumable
             self.saved_at = time.monotonic()
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.path.exists():  # a run stopped before its first save still has a checkpoint
+            self.save(trainer, pl_module)
+            self.saved_at = -math.inf  # and the first epoch end saves too
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if time.monotonic() - self.saved_at >= self.every_s:
             self.save(trainer, pl_module)
@@ -75,4 +133,5 @@ class LastCheckpoint(Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        self.save(trainer, pl_module)
+        if isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            self.save(trainer, pl_module)

@@ -1,13 +1,169 @@
-"""Up-front checks of a composed config: each failure is one ConfigError line naming the fix."""
+"""Up-front checks of a composed config: each failure is one ConfigError line naming the fix.
 
-from omegaconf import DictConfig
+The constructor signature is the schema: every key under data, model, optimizer, trainer, logger and
+callbacks must be an argument of its `_target_`, with a value of the annotated type."""
+
+import difflib
+import inspect
+import os
+import types
+import typing
+from collections import abc
+from collections.abc import Iterator
+
+from hydra.utils import get_object
+from lightning.pytorch.accelerators import AcceleratorRegistry
+from omegaconf import DictConfig, ListConfig
 
 from litlab.errors import ConfigError
+
+PRIMITIVES = (str, int, float, bool)
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that would only fail, or silently mislead, deep inside a run."""
-    opt = cfg.optimizer
+    check_top_level(cfg)
+    for where, node in targets(cfg):
+        check_arguments(where, node)
+    check_optimizer(cfg.optimizer)
+    check_trainer(cfg.trainer)
+    fraction = cfg.data.get("val_fraction", 0.2)
+    if not 0 <= fraction < 1:
+        raise ConfigError(
+            f"data.val_fraction={fraction} must be in [0, 1) (0 holds nothing out, as "
+            "experiment=book_temperature does): try data.val_fraction=0.2"
+        )
+    if fraction == 0 and cfg.optimized_metric.startswith("val/"):
+        raise ConfigError(
+            f"data.val_fraction=0 leaves no validation split to compute {cfg.optimized_metric}: "
+            "add optimized_metric=train/loss"
+        )
+
+
+def targets(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
+    """(key path, node) of every config node that Hydra instantiates."""
+    for group in ("data", "model", "optimizer", "trainer"):
+        yield group, cfg[group]
+    for group in ("logger", "callbacks"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                yield f"{group}.{name}", node
+
+
+def check_arguments(where: str, node: DictConfig) -> None:
+    """Each key is a parameter of the node's _target_ and its value fits the parameter's annotation."""
+    try:
+        target = get_object(node._target_)
+    except Exception as e:
+        raise ConfigError(f"{where}._target_={node._target_} cannot be imported: {e}") from e
+    accepted = parameters(target)
+    for key, value in node.items():
+        key = str(key)
+        if key.startswith("_"):
+            continue
+        if accepted is not None and key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {where}.{close[0]}? " if close else ""
+            taken = ", ".join(accepted)
+            raise ConfigError(f"{where}.{key} is not an argument of {node._target_}: {hint}it takes {taken}")
+        hint = (accepted or {}).get(key, typing.Any)
+        if not fits(value, hint):
+            raise ConfigError(
+                f"{where}.{key}={value!r} is not {describe(hint)}{example(f'{where}.{key}', hint)}"
+            )
+
+
+def parameters(target) -> dict[str, object] | None:
+    """Named arguments -> annotation of a callable, or None when it takes any keyword (**kwargs).
+
+    Our own classes (litlab.*) pass their **kwargs on to their base class, so its arguments count too."""
+    found: dict[str, object] = {}
+    ours = isinstance(target, type) and target.__module__.startswith("litlab.")
+    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if ours else [target]
+    if isinstance(target, type) and not ours:
+        chain = [target.__init__]
+    for fn in chain:
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # an annotation that does not resolve here: skip the type check, keep the names
+            hints = {}
+        params = inspect.signature(fn).parameters.values()
+        for p in params:
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+                found.setdefault(p.name, hints.get(p.name, typing.Any))
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            return found
+    return None
+
+
+def fits(value: object, hint: object) -> bool:
+    """Whether a config value can be passed where `hint` is annotated (unknown hints accept anything)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or isinstance(hint, typing.TypeVar):
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint in (bool, str):
+        return isinstance(value, hint)
+    if hint in (int, float):  # bool is an int to Python, never to a user
+        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
+    if origin in (list, tuple, abc.Sequence, abc.MutableSequence) or hint in (list, tuple):
+        return isinstance(value, ListConfig | list | tuple) and items_fit(value, origin, args)
+    if isinstance(hint, type) and not isinstance(value, DictConfig):  # a DictConfig may be a nested _target_
+        return isinstance(value, hint) or (issubclass(hint, os.PathLike) and isinstance(value, str))
+    return True
+
+
+def items_fit(value, origin, args) -> bool:
+    if not args:
+        return True
+    if origin is tuple and args[-1] is not Ellipsis:
+        return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args, strict=True))
+    return all(fits(v, args[0]) for v in value)
+
+
+def describe(hint: object) -> str:
+    """'a number', 'one of 32-true, 16-mixed', ... for an error message; plain values before classes."""
+    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
+    if origin is typing.Literal or args and all(typing.get_origin(a) is typing.Literal for a in args):
+        values = [v for a in args for v in (typing.get_args(a) or [a])]
+        return "one of " + ", ".join(dict.fromkeys(map(str, values)))
+    if origin is tuple:
+        return "[" + ", ".join(describe(a) for a in args) + "]"
+    if origin is list:
+        return f"a list of {describe(args[0])}"
+    if args:
+        plain = [a for a in args if a in PRIMITIVES or typing.get_origin(a) is typing.Literal] or args
+        return " or ".join(describe(a) for a in plain)
+    name = getattr(hint, "__name__", str(hint))
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+        name, f"a {name}"
+    )
+
+
+def example(key: str, hint: object) -> str:
+    """': try optimizer.lr=0.01' where a number or a flag fits, else nothing."""
+    for value, shown in ((0.01, "0.01"), (1, "1"), (True, "true")):
+        if fits(value, hint):
+            return f": try {key}={shown}"
+    return ""
+
+
+def check_top_level(cfg: DictConfig) -> None:
+    for key, hint in (("seed", int), ("epochs_per_step", int), ("optimized_metric", str)):
+        if not fits(cfg[key], hint):
+            raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
+    if cfg.epochs_per_step < 1:
+        raise ConfigError(f"epochs_per_step={cfg.epochs_per_step} must be >= 1")
+    if cfg.optimized_mode not in ("min", "max"):
+        raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
+
+
+def check_optimizer(opt: DictConfig) -> None:
     if not opt.lr > 0:
         raise ConfigError(f"optimizer.lr={opt.lr} must be > 0: try optimizer.lr=0.01")
     if opt.get("weight_decay", 0) < 0:
@@ -16,12 +172,69 @@ def check_config(cfg: DictConfig) -> None:
         )
     if "momentum" in opt and not 0 <= opt.momentum < 1:
         raise ConfigError(f"optimizer.momentum={opt.momentum} must be in [0, 1): try optimizer.momentum=0.9")
-    if cfg.trainer.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={cfg.trainer.max_epochs} must be >= 1")
-    if cfg.epochs_per_step < 1:
-        raise ConfigError(f"epochs_per_step={cfg.epochs_per_step} must be >= 1")
-    if cfg.data.get("val_fraction", 0.2) == 0 and cfg.optimized_metric.startswith("val/"):
+
+
+def check_trainer(trainer: DictConfig) -> None:
+    if trainer.max_epochs is None or trainer.max_epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={trainer.max_epochs} must be >= 1")
+    if trainer.check_val_every_n_epoch is None or trainer.check_val_every_n_epoch < 1:
+        raise ConfigError(f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch} must be >= 1")
+    if isinstance(trainer.accelerator, str):
+        check_devices(trainer.accelerator, trainer.devices)
+
+
+def resolved_accelerator(name: str) -> str:
+    """The registered accelerator that `auto` or `gpu` picks here (as Lightning picks it)."""
+    available = {n for n in ("cuda", "mps") if AcceleratorRegistry[n]["accelerator"].is_available()}
+    if name in ("auto", "gpu"):
+        return next((n for n in ("mps", "cuda") if n in available), "cpu" if name == "auto" else "gpu")
+    return name
+
+
+def check_devices(accelerator: str, devices: object) -> None:
+    """The accelerator exists and works here, and there are as many devices as asked for."""
+    known = sorted(AcceleratorRegistry.available_accelerators())
+    if accelerator not in (*known, "auto", "gpu"):
         raise ConfigError(
-            f"data.val_fraction=0 leaves no validation split to compute {cfg.optimized_metric}: "
-            "add optimized_metric=train/loss"
+            f"trainer.accelerator={accelerator} does not exist: choose one of auto, gpu, {', '.join(known)}"
         )
+    name = resolved_accelerator(accelerator)
+    here = [n for n in known if AcceleratorRegistry[n]["accelerator"].is_available()]
+    if name not in here:
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} is not available here (available: {', '.join(here)}): "
+            "use trainer=auto or trainer=cpu"
+        )
+    present = (
+        (os.cpu_count() or 1)
+        if name == "cpu"
+        else AcceleratorRegistry[name]["accelerator"].auto_device_count()
+    )
+    asked = device_count(devices)
+    if asked is None:
+        raise ConfigError(f"trainer.devices={devices!r} is not a count, a list of ids, -1 or auto")
+    if name == "cpu" and devices != "auto" and not str(devices).isdigit():  # CPU devices are processes
+        raise ConfigError(
+            f"trainer.devices={devices} on cpu must be a number of processes: try trainer.devices=1"
+        )
+    if asked > present:
+        raise ConfigError(
+            f"trainer.devices={devices} asks for more {name} devices than the {present} present: "
+            f"use trainer.devices={present} or trainer.devices=auto"
+        )
+
+
+def device_count(devices: object) -> int | None:
+    """How many devices a Trainer `devices` value asks for (0 for all/auto); None if it is no such value."""
+    if devices in ("auto", -1, "-1"):
+        return 0
+    if isinstance(devices, str):
+        ids = [d for d in devices.split(",") if d.strip()]
+        if not all(d.strip().isdigit() for d in ids):
+            return None
+        return int(ids[0]) if len(ids) == 1 else max(int(d) for d in ids) + 1
+    if isinstance(devices, ListConfig | list):
+        return max(devices) + 1 if devices else None
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
+        return devices
+    return None

@@ -1,23 +1,74 @@
-"""The one error type a user sees as a single line: a config or input that cannot work."""
+"""The errors a user sees as a single line: a config or input that cannot work, a run that diverged."""
 
-import os
-import sys
+import difflib
+
+from hydra.errors import (
+    ConfigCompositionException,
+    HydraException,
+    InstantiationException,
+    MissingConfigException,
+)
+from omegaconf.errors import OmegaConfBaseException
 
 
-class ConfigError(ValueError):
-    """A bad setting or input, with what to type instead; train.py prints it as one line."""
+class UserError(Exception):
+    """An error the user can fix from the command line; train.py prints it as one `error: ...` line."""
 
 
-def user_error(error: BaseException) -> ConfigError | None:
-    """The ConfigError behind an error, if any: Hydra's instantiate wraps those raised in constructors."""
-    while error is not None and not isinstance(error, ConfigError):
+class ConfigError(UserError, ValueError):
+    """A bad setting or input, with what to type instead."""
+
+
+class Diverged(UserError, RuntimeError):
+    """Training stopped at the first non-finite (or exploding) loss."""
+
+    def __init__(self, epoch: int, loss: float, why: str = ""):
+        super().__init__(
+            f"diverged at epoch {epoch} (loss={loss:.6g}{why}): try a smaller learning rate or scaled inputs"
+        )
+        self.epoch, self.loss = epoch, loss
+
+
+def user_error(error: BaseException) -> UserError | None:
+    """The UserError behind an error, if any: Hydra's instantiate wraps those raised in constructors."""
+    while error is not None and not isinstance(error, UserError):
         error = error.__cause__
     return error
 
 
-def exit_on_user_error(error: Exception) -> None:
-    """In an entry point's `except`: exit with `error: <one line>` for a ConfigError, else re-raise."""
-    cause = user_error(error)
-    if cause is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-        raise error
-    sys.exit(f"error: {cause}")
+def one_line(error: BaseException) -> str | None:
+    """What to print for an error the user caused (ours, Hydra's composition, OmegaConf's); None for a bug."""
+    if (ours := user_error(error)) is not None:
+        return str(ours)
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        group, _, option = (error.missing_cfg_file or "").rpartition("/")
+        return f"there is no {group}={option}: the {group} options are {', '.join(error.options)}"
+    cause = error.__cause__
+    if isinstance(error, ConfigCompositionException) and isinstance(cause, OmegaConfBaseException):
+        return unknown_key(cause) or flat(f"{error} {cause}")
+    if isinstance(error, InstantiationException):  # a constructor failed for a reason we did not foresee
+        return None
+    if isinstance(error, HydraException | OmegaConfBaseException):
+        return flat(str(error))
+    return None
+
+
+def unknown_key(error: OmegaConfBaseException) -> str | None:
+    """'optimizer.lrr is not a key of optimizer: did you mean lr? ...' for an override of a missing key."""
+    node, key = error.parent_node, error.key
+    if node is None or key is None or not hasattr(node, "keys"):
+        return None
+    keys = [k for k in node if not str(k).startswith("_") and k != "hydra"]
+    parent = error.full_key.rpartition(".")[0]
+    where = f"of {parent}" if parent else "at the top level"
+    close = difflib.get_close_matches(str(key), keys, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"{error.full_key} is not a key {where} (its keys: {', '.join(map(str, keys))}): {hint}"
+        f"to add a new one on purpose, use +{error.full_key}=..."
+    )
+
+
+def flat(message: str) -> str:
+    """A multi-line message as one line."""
+    return "; ".join(line.strip() for line in message.splitlines() if line.strip())

@@ -10,10 +10,12 @@ import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checkpoints import check_compatible, load, logger_kwargs, resumed_run
 from litlab.checks import check_config
+from litlab.errors import Diverged
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,34 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
+def fit(
+    trainer: L.Trainer, model: L.LightningModule, data, val_every: int, ckpt_path: str | None
+) -> BaseException | None:
+    """trainer.fit and a final validation; the divergence, Ctrl-C or SIGTERM that stopped it early, if any."""
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    except (Diverged, SystemExit) as e:  # SystemExit: Lightning's graceful stop on Ctrl-C or SIGTERM
+        return e
+    if "val" in data.splits and trainer.current_epoch % val_every:
+        trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
+    return None
+
+
+def finish(
+    cfg: DictConfig, trainer: L.Trainer, stopped: BaseException | None, metrics: dict, started: float
+) -> str:
+    """Record how the run ended (ok, diverged, interrupted) in TensorBoard's hparams and metrics.json."""
+    status = "ok" if stopped is None else "diverged" if isinstance(stopped, Diverged) else "interrupted"
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
+            hparams = {**hparams_of(cfg), "status": status}
+            logger.log_hyperparams(hparams, {f"final/{k}": v for k, v in metrics.items()})
+            logger.finalize("success" if status == "ok" else "failed")
+    error = str(stopped or "").removeprefix("error: ")
+    write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+    return status
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -97,8 +127,10 @@ def train(cfg: DictConfig) -> float:
     if resume_ckpt:
         check_compatible(load(resume_ckpt), resume_ckpt, model, data)
     k = model.hparams.epochs_per_step
-    loggers = [instantiate(c, **logger_kwargs(c, resume_ckpt)) for c in cfg.get("logger", {}).values() if c]
-    callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values() if c]
+    loggers = [
+        instantiate(c, **logger_kwargs(c, resume_ckpt)) for c in (cfg.get("logger") or {}).values() if c
+    ]
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]  # name=null: off
     schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
@@ -116,17 +148,19 @@ def train(cfg: DictConfig) -> float:
         f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs"
     )
 
-    trainer.fit(model, datamodule=data, ckpt_path=resume_ckpt)
-    if "val" in data.splits and trainer.current_epoch % schedule["check_val_every_n_epoch"]:
-        trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
-
+    stopped = fit(trainer, model, data, schedule["check_val_every_n_epoch"], resume_ckpt)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
-            logger.log_hyperparams(hparams_of(cfg), {f"final/{k}": v for k, v in metrics.items()})
-            logger.finalize("success")
-    write_result(out_dir, "ok", metrics, started)
-    log.info("final " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
+    epochs = trainer.global_step if data.full_batch else trainer.current_epoch
+    if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
+        stopped = Diverged(epochs, metrics[cfg.optimized_metric])
+    if isinstance(stopped, SystemExit):  # also ends a sweep, as a Ctrl-C should
+        why = "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
+        where = out_dir / "checkpoints" / "last.ckpt"
+        stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
+    status = finish(cfg, trainer, stopped, metrics, started)
+    if stopped is not None:
+        raise stopped
+    log.info(f"{status}: " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
     log.info(f"run directory: {out_dir}")
     log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}")
     return metrics[cfg.optimized_metric]

@@ -94,7 +94,7 @@ class LinearModel(L.LightningModule):
 
     def training_step(
         self, batch: tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]], batch_idx: int
-    ) -> Tensor:
+    ) -> dict[str, Tensor]:
         # One Lightning step, several optimizer steps (Lightning's fixed cost per step is paid once):
         # minibatch data arrives as a list of consecutive minibatches (train() sets batches_per_step);
         # full-batch data as the whole set, stepped epochs_per_step times, i.e. that many epochs, capped
@@ -107,16 +107,20 @@ class LinearModel(L.LightningModule):
                 n = min(n, self.trainer.max_steps - self.global_step)
             steps = [batch] * n
         opt = self.optimizers()
+        # Each step's loss, for DivergenceGuard to read once per Lightning step (no host sync per step).
+        losses = torch.empty(len(steps), device=steps[0][0].device)
         # All but the last are plain torch steps; the last goes through Lightning, so callbacks and
         # precision plugins see one step per Lightning step. Then the step counters catch up.
-        for x, y in steps[:-1]:
+        for i, (x, y) in enumerate(steps[:-1]):
             loss = self.loss(self(x), y)
+            losses[i] = loss.detach()
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             opt.optimizer.step()
         x, y = steps[-1]
         out = self(x)
         loss = self.loss(out, y)
+        losses[-1] = loss.detach()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
@@ -124,7 +128,7 @@ class LinearModel(L.LightningModule):
             self.count_fused_steps(len(steps) - 1)
         self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
         self.update_metrics(self.train_metrics, out.detach(), y)
-        return loss
+        return {"loss": loss, "epoch_losses": losses}  # callbacks (DivergenceGuard) get it as `outputs`
 
     def count_fused_steps(self, n: int) -> None:
         """Credit n plain-torch optimizer steps to Lightning's counters: global_step (what max_steps and

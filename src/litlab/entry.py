@@ -1,0 +1,42 @@
+"""What the entry points (train.py, eval.py, predict.py) share: quiet start-up, one line per user error."""
+
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Callable
+
+from omegaconf import OmegaConf
+
+from litlab.errors import one_line, user_error
+
+# Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
+warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+# Lightning advertises a cloud logger at every start.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda r: "litlogger" not in r.getMessage()
+)
+# Run directories end in _<microseconds>-<pid>: two runs started at the same moment never share one.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, before run() sets it for Hydra
+
+
+def exit_on_user_error(error: Exception) -> None:
+    """In a Hydra task's `except`: exit with `error: <one line>` for a UserError, else re-raise.
+    (Here rather than in run(): Hydra would first print the job's overrides.)"""
+    cause = user_error(error)
+    if cause is None or FULL_ERROR:
+        raise error
+    sys.exit(f"error: {cause}")
+
+
+def run(main: Callable[[], object]) -> None:
+    """Call a @hydra.main function; Hydra's composition errors (unknown option or key, bad override)
+    become the same one line as ours. HYDRA_FULL_ERROR is Hydra's documented switch to raise them."""
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except Exception as e:
+        if FULL_ERROR or (message := one_line(e)) is None:
+            raise
+        sys.exit(f"error: {message}")

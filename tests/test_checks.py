@@ -1,0 +1,162 @@
+"""Every bad setting is refused before training in one line that says what to type instead."""
+
+import math
+import random
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from litlab.checks import check_config, device_count
+from litlab.errors import ConfigError, UserError, one_line
+from litlab.train import train
+from tests.conftest import CONF, compose_train
+
+BAD = [
+    (["optimizer.lr=fast"], "optimizer.lr='fast' is not a number: try optimizer.lr=0.01"),
+    (["optimizer.lr=0"], "optimizer.lr=0 must be > 0"),
+    (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be > 0"),
+    (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 must be >= 0"),
+    (["optimizer.momentum=1"], "must be in [0, 1)"),
+    (["optimizer.momentum=-0.5"], "must be in [0, 1)"),
+    (["optimizer=rmsprop", "optimizer.momentum=1.5"], "must be in [0, 1)"),
+    (["optimizer=adam", "optimizer.betas=[0.9,fast]"], "optimizer.betas=[0.9, 'fast'] is not [a number"),
+    (["optimizer.nesterov=1"], "optimizer.nesterov=1 is not true or false"),
+    (["+optimizer.foo=1"], "optimizer.foo is not an argument of torch.optim.SGD"),
+    (["+trainer.max_epoch=3"], "did you mean trainer.max_epochs?"),
+    (["+data.valfraction=0.1"], "did you mean data.val_fraction?"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 must be >= 1"),
+    (["trainer.max_epochs=2.5"], "trainer.max_epochs=2.5 is not an integer"),
+    (["trainer.precision=33"], "trainer.precision=33 is not one of 64, 32, 16"),
+    (["trainer=mps"], "trainer.accelerator=mps is not available here"),
+    (["trainer.accelerator=banana"], "trainer.accelerator=banana does not exist: choose one of auto, gpu"),
+    (["trainer.devices=9999"], "trainer.devices=9999 asks for more"),
+    (["trainer=cpu", "trainer.devices=[0]"], "on cpu must be a number of processes"),
+    (["callbacks.early_stopping.patience=soon"], "patience='soon' is not an integer"),
+    (["seed=abc"], "seed='abc' is not an integer"),
+    (["epochs_per_step=0"], "epochs_per_step=0 must be >= 1"),
+    (["optimized_mode=biggest"], "optimized_mode='biggest' must be min or max"),
+    (["data.val_fraction=0"], "data.val_fraction=0 leaves no validation split"),
+]
+if not torch.cuda.is_available():
+    BAD += [
+        (["trainer=gpu"], "trainer.accelerator=gpu is not available here (available: cpu): use trainer=auto"),
+        (["trainer.accelerator=cuda"], "trainer.accelerator=cuda is not available here"),
+    ]
+
+
+@pytest.mark.parametrize("overrides,message", BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_setting_is_refused_in_one_line(cfg_factory, overrides, message):
+    with pytest.raises(ConfigError) as error:
+        check_config(cfg_factory(*overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("fraction", ["1", "1.5", "-0.1"])
+def test_validation_fraction_outside_0_1_is_refused_before_training(cfg_factory, tmp_path, fraction):
+    """[0, 1): 0 is the book's 'no hold-out' (experiment=book_temperature), 1 would leave nothing to train."""
+    cfg = cfg_factory(f"data.val_fraction={fraction}", "optimized_metric=train/loss")
+    with pytest.raises(ConfigError, match=r"must be in \[0, 1\)"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+
+
+def test_good_settings_pass(cfg_factory):
+    for overrides in (
+        [],
+        ["experiment=book_temperature"],  # data.val_fraction=0 with optimized_metric=train/loss
+        ["model=logistic", "optimizer=adam", "trainer=cpu", "trainer.devices=auto"],
+        ["optimizer=rmsprop", "optimizer.momentum=0.9", "trainer.deterministic=warn", "logger=csv"],
+        ["trainer.precision=bf16-mixed", "data.scaling=0.1", "trainer.devices=1"],
+    ):
+        check_config(cfg_factory(*overrides))
+
+
+def test_device_counts():
+    assert [device_count(d) for d in (1, 3, "2", "0,3", [1], -1, "auto")] == [1, 3, 2, 4, 2, 0, 0]
+    assert device_count("two") is None and device_count(0) is None and device_count(True) is None
+
+
+def composition_error(*overrides: str) -> str:
+    with pytest.raises(Exception) as error, initialize_config_dir(str(CONF), version_base="1.3"):
+        compose("train", overrides=list(overrides))
+    return one_line(error.value)
+
+
+def test_hydra_composition_errors_become_one_line():
+    assert composition_error("model=foo") == "there is no model=foo: the model options are linear, logistic"
+    assert "did you mean seed?" in composition_error("sed=1")
+    message = composition_error("optimizer=adam", "optimizer.momentum=0.9")
+    assert message.startswith(
+        "optimizer.momentum is not a key of optimizer (its keys: lr, betas, weight_decay)"
+    )
+    for message in (composition_error("optimizer.lr=[1"), composition_error("optimizer.lr=1,2")):
+        assert message and "\n" not in message
+
+
+# The config space of the randomised test: (valid values, typos and out-of-range values) per override.
+SPACE = {
+    "data": (["temperature", "regression", "classification"], ["wine_typo"]),
+    "model": (["linear", "logistic"], ["lineer"]),
+    "optimizer": (["sgd", "adam", "rmsprop"], ["adamw"]),
+    "optimizer.lr": (["0.01", "0.1", "1e-4"], ["0", "-1", "fast", "1e9"]),
+    "optimizer.weight_decay": (["0", "0.01"], ["-0.5", "none"]),
+    "trainer": (["cpu", "auto"], ["mps", "tpu_typo"]),
+    "trainer.max_epochs": (["1", "3", "7"], ["0", "-2", "2.5", "many"]),
+    "trainer.devices": (["1", "auto"], ["9999", "[0]"]),
+    "data.val_fraction": (["0.2", "0.5"], ["1", "1.5", "-0.1", "half"]),
+    "data.scaling": (["standardize", "none", "0.1"], ["-1", "banana"]),
+    "seed": (["0", "7"], ["abc"]),
+    "epochs_per_step": (["1", "50"], ["0"]),
+    "callbacks": (["default", "none"], []),
+    "callbacks.progress_bar": (["null"], []),
+    "+optimizer.lrr": ([], ["0.1"]),
+    "optimized_metric": (["val/loss", "train/loss"], []),
+}
+
+
+def draw(rng: random.Random) -> list[str]:
+    """2-6 overrides; each one is a bad value one time in six."""
+    drawn = []
+    for key in rng.sample(sorted(SPACE), rng.randint(2, 6)):
+        good, bad = SPACE[key]
+        drawn.append(f"{key}={rng.choice(bad if bad and (not good or rng.random() < 1 / 6) else good)}")
+    return drawn
+
+
+def trains_or_says_why(root, overrides: list[str]) -> str:
+    """'trained' or the single line the user would see; anything else fails the test."""
+    try:
+        cfg = compose_train(root, *overrides)
+        value = train(cfg)
+    except Exception as e:
+        message = one_line(e)
+        assert message is not None, f"{overrides}: a bare traceback, {e!r}"
+        assert "\n" not in message and message.strip(), overrides
+        return message
+    assert isinstance(value, float) and not math.isnan(value)
+    return "trained"
+
+
+def test_random_overrides_train_or_fail_in_one_line(tmp_path):
+    rng = random.Random(20260523)
+    outcomes = []
+    for i in range(40):
+        overrides = [*draw(rng), "trainer.check_val_every_n_epoch=1"]
+        if not any(o.startswith("trainer.max_epochs") for o in overrides):
+            overrides.append("trainer.max_epochs=3")
+        outcomes.append(trains_or_says_why(tmp_path / str(i), overrides))
+    assert 5 <= outcomes.count("trained") < len(outcomes)  # the draw covers both outcomes
+
+
+def test_a_user_error_is_one_line_through_every_wrapper():
+    """Hydra's instantiate wraps constructor errors; the user still gets our line."""
+    from hydra.errors import InstantiationException
+
+    inner = ConfigError("data.preset='x' is unknown")
+    try:
+        raise InstantiationException("Error in call to target") from inner
+    except InstantiationException as e:
+        assert one_line(e) == str(inner) and isinstance(inner, UserError)
+    assert one_line(ZeroDivisionError("a bug")) is None  # a bug keeps its traceback
+    assert one_line(InstantiationException("Error in call to target")) is None

@@ -1,0 +1,148 @@
+"""As a user: bad input gets one line, divergence is caught, runs are reproducible, a stop loses nothing."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from litlab.train import train
+from tests.conftest import ROOT, run_dirs
+from tests.test_train import events, hparams_session
+
+
+def start(root, *args: str, **env: str) -> subprocess.Popen:
+    """`python train.py args` started in the background, logs under root."""
+    environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "train.py"),
+            *sorted(args, key=lambda a: not a.startswith("-")),
+            f"paths.root_dir={root}",
+        ],
+        cwd=root,
+        env=environ | env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    """(exit code, stderr) once it ends."""
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.slow
+def test_bad_command_lines_fail_in_one_line_and_full_error_shows_the_traceback(tmp_path):
+    cases = {
+        "model=foo": "error: there is no model=foo: the model options are linear, logistic",
+        "optimizer.lrr=0.1": "error: optimizer.lrr is not a key of optimizer (its keys: lr, momentum",
+        "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number: try optimizer.lr=0.01",
+        "trainer=mps": "error: trainer.accelerator=mps is not available here",
+    }
+    procs = {arg: start(tmp_path, arg) for arg in cases}
+    full = start(tmp_path, "optimizer.lr=fast", HYDRA_FULL_ERROR="1")
+    for arg, proc in procs.items():
+        code, err = finish(proc)
+        assert code == 1 and err.strip().splitlines() == [err.strip()], err  # exactly one line on stderr
+        assert err.startswith(cases[arg]) and "Traceback" not in err
+    code, err = finish(full)
+    assert code == 1 and "Traceback" in err and "ConfigError: optimizer.lr='fast' is not a number" in err
+    assert not list((tmp_path / "logs").rglob("*.ckpt"))  # nothing trained
+
+
+@pytest.mark.slow
+def test_divergence_fails_the_run_but_not_the_sweep(tmp_path):
+    (tmp_path / "sweep").mkdir()
+    single = start(tmp_path, "experiment=book_divergence", "trainer=cpu")
+    sweep = start(
+        tmp_path / "sweep", "-m", "experiment=book_divergence", "trainer=cpu", "optimizer.lr=1e-2,1e-4"
+    )
+    code, err = finish(single)
+    assert code == 1 and "Traceback" not in err
+    assert error_lines(err) == [
+        "error: diverged at epoch 11 (loss=inf): try a smaller learning rate or scaled inputs"
+    ]
+    code, err = finish(sweep)
+    assert code == 0, err
+    jobs = sorted((tmp_path / "sweep" / "logs" / "book_divergence" / "multiruns").glob("*/*/metrics.json"))
+    statuses = {p.parent.name[0]: json.loads(p.read_text())["status"] for p in jobs}
+    assert statuses == {"0": "diverged", "1": "ok"}  # lr 1e-2, then lr 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
+def test_a_stopped_run_saves_where_it_stopped_and_closes_its_logs(tmp_path, sig, name):
+    proc = start(
+        tmp_path, "trainer=cpu", "trainer.max_epochs=100000000", "trainer.check_val_every_n_epoch=1000"
+    )
+    deadline = time.time() + 120
+    while not list((tmp_path / "logs").rglob("last.ckpt")) and time.time() < deadline:  # saved at train start
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(sig)
+    code, err = finish(proc)
+    assert code == 1 and "Traceback" not in err, err
+    [line] = error_lines(err)
+    assert line.startswith(f"error: stopped by {name} after ") and line.endswith(
+        "last.ckpt holds where it stopped"
+    )
+    epochs = int(line.split(" after ")[1].split()[0])
+    [run] = run_dirs(tmp_path)
+    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs > 0
+    acc = events(run)  # readable to the end: the writers were closed, the hparams logged
+    assert acc.Scalars("train/loss")[-1].step < epochs and hparams_session(acc)[0]["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_same_command_twice_at_once_gives_two_directories_and_identical_metrics(tmp_path):
+    args = ("data=regression", "data.preset=noisy100", "optimizer=adam", "seed=3", "trainer.max_epochs=200")
+    first, second = start(tmp_path, *args), start(tmp_path, *args)
+    assert finish(first)[0] == 0 and finish(second)[0] == 0
+    runs = run_dirs(tmp_path)
+    assert len(runs) == 2 and runs[0].name != runs[1].name
+    results = [json.loads((run / "metrics.json").read_text())["metrics"] for run in runs]
+    assert results[0] == results[1] and results[0]["val/loss"] > 0  # bit-identical (JSON keeps every digit)
+
+
+def test_same_seed_is_bit_identical_and_another_seed_differs(cfg_factory, tmp_path):
+    def run(seed: int, name: str) -> tuple[dict, torch.Tensor]:
+        cfg = cfg_factory("data=regression", "data.preset=noisy100", "optimizer=adam", f"seed={seed}")
+        cfg.paths.output_dir = str(tmp_path / name)
+        (tmp_path / name).mkdir()
+        train(cfg)
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
+        last = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+        return metrics, last["state_dict"]["linear.weight"]
+
+    a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
+    assert a[0] == b[0] and torch.equal(a[1], b[1])
+    assert a[0]["val/loss"] != c[0]["val/loss"] and not torch.equal(a[1], c[1])
+
+
+def test_another_seed_gives_another_split_and_initialisation(cfg_factory):
+    def split_and_init(seed: int):
+        cfg = cfg_factory(f"seed={seed}")
+        L.seed_everything(cfg.seed, verbose=False)  # as train() does, before building data and model
+        data = instantiate(cfg.data, family="linear")
+        data.setup("fit")
+        model = instantiate(cfg.model, task="regression", in_features=1, out_features=1)
+        return data.splits["val"][1].flatten().tolist(), model.linear.weight.item()
+
+    assert split_and_init(5) == split_and_init(5)
+    (val_a, w_a), (val_b, w_b) = split_and_init(5), split_and_init(6)
+    assert val_a != val_b and w_a != w_b
