@@ -71,10 +71,8 @@ def train(cfg: DictConfig) -> float:
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
-        task=data.task,
-        in_features=data.in_features,
-        out_features=data.out_features,
         epochs_per_step=k,
+        **data.model_kwargs(),
     )
     loggers = [instantiate(c) for c in cfg.get("logger", {}).values()]
     callbacks = [instantiate(c) for c in cfg.get("callbacks", {}).values()]
