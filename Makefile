@@ -1,17 +1,21 @@
-# make install | train | test | lint | bench | tensorboard | clean
+# make install | data | train | test | lint | bench | tensorboard | clean
 PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TB_PORT ?= 6006
 
-.PHONY: install train test lint format tensorboard bench clean
+.PHONY: install data train test lint format tensorboard bench clean
 
 install:
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"; \
 	else $(PYTHON) -m pip install --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)+cpu"; fi
 	$(PYTHON) -m pip install -e ".[dev]"
+
+# The real datasets (wine, bike, text) into data/, each checked against its SHA-256 in data/README.md.
+data:
+	$(PYTHON) scripts/download.py wine bike text
 
 train:
 	$(PYTHON) train.py

@@ -110,10 +110,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
-        task=data.task,
-        in_features=data.in_features,
-        out_features=data.out_features,
         epochs_per_step=cfg.epochs_per_step if fuse and data.full_batch else 1,
+        **data.model_kwargs(),
     )
     return data, model
 

@@ -10,7 +10,7 @@ from torch import Tensor
 from litlab.errors import ConfigError
 
 TASKS_OF_FAMILY = {"linear": ("regression",), "logistic": ("binary", "multiclass")}
-CLASSIFICATION_DATA = "data=classification or data=regression data.preset=toy6"
+CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
 
 
 class TensorBatches:
@@ -71,6 +71,7 @@ class TensorDataModule(L.LightningDataModule):
     """Base for the datasets: subclasses implement `read()` and say which task each model family gets."""
 
     name = "data"
+    contiguous = False  # True: train, val, test are consecutive blocks in row order (time series, text)
 
     def __init__(
         self,
@@ -125,6 +126,10 @@ class TensorDataModule(L.LightningDataModule):
             return y.shape[1]
         return 1 if self.task == "binary" else self.num_classes
 
+    def model_kwargs(self) -> dict:
+        """What the model needs to know from the data: its task and sizes."""
+        return {"task": self.task, "in_features": self.in_features, "out_features": self.out_features}
+
     @property
     def full_batch(self) -> bool:
         return self.batch_size is None or self.batch_size >= len(self.splits["train"][0])
@@ -135,20 +140,23 @@ class TensorDataModule(L.LightningDataModule):
         x, y = self.read()
         if self.task == "multiclass":
             self.num_classes = int(y.max()) + 1
-        n = x.shape[0]
-        n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
-        parts = {
-            "train": order[n_val + n_test :],
-            "val": order[:n_val],
-            "test": order[n_val : n_val + n_test],
-        }
-        self.splits = {k: (x[idx], y[idx]) for k, idx in parts.items() if len(idx)}
+        self.splits = {k: (x[idx], y[idx]) for k, idx in self.split_indices(x.shape[0]).items() if len(idx)}
         del x, y  # the splits are copies: drop the original rows before normalising in place
         self.x_shift, self.x_scale = self.input_normalisation(self.splits["train"][0])
         # Multiply by 1/scale: for the book's factor this is exactly its t_u * 0.1 in float32.
-        for xs, _ in self.splits.values():
-            xs.sub_(self.x_shift).mul_(self.x_scale.reciprocal())
+        if self.scaling != "none":  # also keeps integer index inputs (text) as they are
+            for xs, _ in self.splits.values():
+                xs.sub_(self.x_shift).mul_(self.x_scale.reciprocal())
+
+    def split_indices(self, n: int) -> dict[str, Tensor]:
+        """Row indices of each split: a seeded shuffle, or consecutive blocks train | val | test."""
+        n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
+        if self.contiguous:
+            n_train = n - n_val - n_test
+            order = torch.arange(n)
+            return {"train": order[:n_train], "val": order[n_train : n - n_test], "test": order[n - n_test :]}
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
+        return {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
 
     def input_normalisation(self, x_train: Tensor) -> tuple[Tensor, Tensor]:
         """(shift, scale) so that (x - shift) / scale is the model input; train-split statistics only."""

@@ -1,5 +1,6 @@
 """Linear and logistic regression: one linear layer whose loss and metrics follow the data's task."""
 
+import math
 from functools import partial
 
 import lightning as L
@@ -38,6 +39,44 @@ def task_metrics(task: str, out_features: int) -> tm.MetricCollection:
     )
 
 
+class CrossEntropy(tm.Metric):
+    """Mean cross-entropy of class probabilities over a whole epoch, in nats, bits or as perplexity."""
+
+    def __init__(self, unit: str = "nats"):
+        super().__init__()
+        self.unit = unit
+        self.add_state("nll", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        p = probs.gather(1, target.unsqueeze(1)).clamp_min(torch.finfo(probs.dtype).tiny)
+        self.nll += -p.log().double().sum()
+        self.count += target.numel()
+
+    def compute(self) -> Tensor:
+        nats = self.nll / self.count
+        return {"nats": nats, "bits": nats / math.log(2), "perplexity": nats.exp()}[self.unit].float()
+
+
+def symbol_metrics() -> dict[str, tm.Metric]:
+    """Next-symbol prediction: cross-entropy per symbol in bits (per character at char level), perplexity."""
+    return {"bits": CrossEntropy("bits"), "perplexity": CrossEntropy("perplexity")}
+
+
+class OneHotLinear(nn.Module):
+    """nn.Linear on one-hot inputs given as their indices [n, k]: k weight rows summed, no one-hot matrix.
+
+    one_hot(x) @ W^T == weight[x].sum(1) with weight = W^T, the data offsetting each position's indices."""
+
+    def __init__(self, num_embeddings: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_embeddings, out_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.embedding_bag(x, self.weight, mode="sum") + self.bias
+
+
 class LinearModel(L.LightningModule):
     """y = x W^T + b; MSE for regression, BCE-with-logits (binary), cross-entropy (multiclass)."""
 
@@ -51,6 +90,8 @@ class LinearModel(L.LightningModule):
         epochs_per_step: int = 1,
         init_weight: float | None = None,
         init_bias: float | None = None,
+        num_embeddings: int | None = None,
+        language_metrics: bool = False,
     ):
         super().__init__()
         if task not in TASKS_OF_FAMILY.get(family, ()):
@@ -61,15 +102,22 @@ class LinearModel(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
         self.automatic_optimization = False  # epochs_per_step optimizer steps per batch, see training_step
-        self.linear = nn.Linear(in_features, out_features)
+        # num_embeddings: the inputs are indices of one-hot features (text), looked up, never multiplied
+        if num_embeddings:
+            self.linear = OneHotLinear(num_embeddings, out_features)
+        else:
+            self.linear = nn.Linear(in_features, out_features)
         with torch.no_grad():
             if init_weight is not None:
                 self.linear.weight.fill_(init_weight)
             if init_bias is not None:
                 self.linear.bias.fill_(init_bias)
-        self.train_metrics = task_metrics(task, out_features).clone(prefix="train/")
-        self.val_metrics = task_metrics(task, out_features).clone(prefix="val/")
-        self.test_metrics = task_metrics(task, out_features).clone(prefix="test/")
+        metrics = task_metrics(task, out_features)
+        if language_metrics:  # macro-F1 over a vocabulary says little and, deterministic, costs n x classes^2
+            metrics = tm.MetricCollection({"acc": metrics["acc"], **symbol_metrics()})
+        self.train_metrics = metrics.clone(prefix="train/")
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(x)

@@ -1,0 +1,111 @@
+"""The real data files: where they come from, their SHA-256, a checked download, and checked reading."""
+
+import csv
+import hashlib
+import http.client
+import os
+import tempfile
+import urllib.request
+from pathlib import Path
+
+from litlab.errors import ConfigError
+
+# The book's repository keeps exact copies of every file (see data/README.md); LITLAB_DATA_URL overrides.
+BASE_URL = "https://raw.githubusercontent.com/deep-learning-with-pytorch/dlwpt-code/master/data/p1ch4/"
+SHA256 = {
+    "tabular-wine/winequality-white.csv": "76c3f809815c17c07212622f776311faeb31e87610d52c26d87d6e361b169836",
+    "bike-sharing-dataset/hour-fixed.csv": "ae5b1b828676fb7696ebfd838f105c71cda9c867aa752f75eed6fa6d0eacf991",
+    "jane-austen/1342-0.txt": "c96e628c6f84bf45d3cee2c2da66166ccbeda328ecb76bb9b2ab1bc91961d0d1",
+}
+FILES = {
+    "wine": "tabular-wine/winequality-white.csv",
+    "bike": "bike-sharing-dataset/hour-fixed.csv",
+    "text": "jane-austen/1342-0.txt",
+}
+
+
+def require(path: str | Path, dataset: str) -> Path:
+    """The path of an existing, non-empty data file; otherwise one line saying how to fetch it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"data file {path} not found: fetch it with `make data` (or `python scripts/download.py "
+            f"{dataset}`), or point data.path= or LITLAB_DATA_DIR= at a copy"
+        )
+    if path.stat().st_size == 0:
+        raise ConfigError(
+            f"data file {path} is empty: fetch it again with `python scripts/download.py {dataset}`"
+        )
+    return path
+
+
+def read_table(path: Path, columns: list[str], delimiter: str = ",") -> list[list[float]]:
+    """Rows of the named columns as floats; a missing column or a non-numeric cell is one ConfigError line."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter=delimiter)
+        header = next(reader, None) or []
+        missing = [c for c in columns if c not in header]
+        if missing:
+            raise ConfigError(f"{path}: no column {', '.join(map(repr, missing))} in its header {header}")
+        where = [header.index(c) for c in columns]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows.append([float(row[i]) for i in where])
+            except (ValueError, IndexError):
+                bad = next(c for c, i in zip(columns, where, strict=True) if not is_number(row, i))
+                raise ConfigError(f"{path}, line {line}, column {bad!r}: not a number in {row}") from None
+    if not rows:
+        raise ConfigError(f"{path} has a header but no rows")
+    return rows
+
+
+def is_number(row: list[str], i: int) -> bool:
+    try:
+        float(row[i])
+    except (ValueError, IndexError):
+        return False
+    return True
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(name: str, data_dir: str | Path, base_url: str | None = None, timeout: float = 60) -> Path:
+    """Fetch one file below data_dir, keeping it only if its SHA-256 matches: a temp file renamed at the end,
+    so an interrupted or corrupt transfer never leaves a half-written file where a reader looks."""
+    target = Path(data_dir) / name
+    if target.is_file() and sha256(target) == SHA256[name]:
+        return target
+    url = (base_url or os.environ.get("LITLAB_DATA_URL") or BASE_URL).rstrip("/") + "/" + name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            expected, received, digest = response.headers.get("Content-Length"), 0, hashlib.sha256()
+            for block in iter(lambda: response.read(1 << 16), b""):
+                out.write(block)
+                digest.update(block)
+                received += len(block)
+        # http.client returns a short body without complaint when the server closes early
+        if expected is not None and received != int(expected):
+            raise ConfigError(
+                f"download of {url} interrupted after {received} of {expected} bytes: run it again"
+            )
+        if digest.hexdigest() != SHA256[name]:
+            raise ConfigError(
+                f"download of {url} has SHA-256 {digest.hexdigest()}, expected {SHA256[name]}: "
+                "nothing was saved"
+            )
+        os.replace(tmp, target)
+    except (OSError, http.client.HTTPException) as e:  # URLError, refused, timeout, disk full, bad reply
+        raise ConfigError(f"download of {url} failed: {e}") from e
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
