@@ -138,7 +138,8 @@ def setting_labels(jobs, keys: list[str]):
 
 def compare_settings(jobs, by: list[str], optimized_metric: str, optimized_mode: str):
     """Settings (jobs grouped by the `by` keys, pooling seeds) ranked by the mean final metric, each
-    with a Welch t-test against the best. Only finite final values count; `not ok` counts the rest."""
+    with a Welch t-test against the best. Only finite final values count; `no value` counts the
+    others (failed, diverged, killed)."""
     import pandas as pd
 
     column = f"final {optimized_metric}"
@@ -155,7 +156,7 @@ def compare_settings(jobs, by: list[str], optimized_metric: str, optimized_mode:
             "n": [len(v) for v in samples.values()],
             "mean": [_mean(v) for v in samples.values()],
             "std": [_std(v) for v in samples.values()],
-            "not ok": [int((labels == s).sum()) - len(v) for s, v in samples.items()],
+            "no value": [int((labels == s).sum()) - len(v) for s, v in samples.items()],
         }
     )
     # Settings without a single finite result rank last.

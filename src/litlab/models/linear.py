@@ -109,35 +109,41 @@ class LinearModel(L.LightningModule):
         # Lightning counts one logging step per batch; count every fused epoch so that TensorBoard's
         # x-axis (also for callbacks such as LearningRateMonitor) is optimizer steps, i.e. epochs here.
         self.trainer.fit_loop.epoch_loop._batches_that_stepped += steps - 1
-        # sync_dist: under DDP each rank holds an equal shard, so the mean of the ranks' losses is the
-        # full-batch loss a single process reports (a no-op on one device).
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        # Under DDP each rank holds an equal shard: the mean over ranks is the full-batch loss one process
+        # reports. all_gather here, in a step every rank runs (sync_dist would reduce when rank 0's progress
+        # bar first reads the metrics, while the other ranks wait elsewhere: a deadlock).
+        self.log(
+            "train/loss",
+            self.all_gather(loss.detach()).mean(),
+            on_step=False,
+            on_epoch=True,
+            batch_size=len(x),
+        )
         self.update_metrics(self.train_metrics, out.detach(), y)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        # torchmetrics already syncs across ranks; sync_dist only spares Lightning's DDP warning
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.log_dict(self.train_metrics.compute())
         self.train_metrics.reset()
 
     def evaluation_step(self, batch: tuple[Tensor, Tensor], stage: str, metrics: tm.MetricCollection) -> None:
         x, y = batch
         out = self(x)
-        self.log(f"{stage}/loss", self.loss(out, y), batch_size=len(x), sync_dist=True)
+        self.log(f"{stage}/loss", self.loss(out, y), batch_size=len(x))
         self.update_metrics(metrics, out, y)
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "val", self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), sync_dist=True)
+        self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         self.evaluation_step(batch, "test", self.test_metrics)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
+        self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
