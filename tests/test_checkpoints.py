@@ -25,7 +25,7 @@ MINIBATCH = (
     "data.batch_size=100",
     "optimizer=adam",
     "trainer=cpu",
-    "trainer.max_epochs=20",
+    "trainer.max_epochs=60",  # long enough that the kill lands mid-run on a loaded machine
     "trainer.check_val_every_n_epoch=4",
     "callbacks.last_checkpoint.every_s=0",  # a checkpoint every epoch, so the kill lands between two
 )
@@ -58,13 +58,13 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     killed.wait()
     [run] = run_dirs(tmp_path)
     stopped_at = load(run / "checkpoints" / "last.ckpt")["global_step"]
-    assert 0 < stopped_at < 20 * 64
+    assert 0 < stopped_at < 60 * 64
     run_train(tmp_path, f"resume={run}")
 
     unbroken = compose_train(tmp_path / "unbroken", *MINIBATCH)
     train(unbroken)
     resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
-    assert resumed["global_step"] == reference["global_step"] == 20 * 64
+    assert resumed["global_step"] == reference["global_step"] == 60 * 64
     for key, value in reference["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
     adam_resumed, adam_reference = (c["optimizer_states"][0]["state"][0] for c in (resumed, reference))

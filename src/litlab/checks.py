@@ -11,6 +11,8 @@ import typing
 from collections import abc
 from collections.abc import Iterator
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_object
 from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, ListConfig
@@ -38,6 +40,8 @@ def check_config(cfg: DictConfig) -> None:
             f"data.val_fraction=0 leaves no validation split to compute {cfg.optimized_metric}: "
             "add optimized_metric=train/loss"
         )
+    if HydraConfig.initialized():
+        check_multirun_strategy(cfg.trainer, HydraConfig.get())
 
 
 def targets(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
@@ -238,3 +242,31 @@ def device_count(devices: object) -> int | None:
     if isinstance(devices, int) and not isinstance(devices, bool) and devices >= 1:
         return devices
     return None
+
+
+def launches_command_line(trainer: DictConfig) -> bool:
+    """Whether Lightning would start the other ranks by re-running `python train.py ...` (ddp, fsdp, and
+    auto on several devices) rather than spawning them from this process (ddp_spawn, ddp_fork)."""
+    strategy = str(trainer.get("strategy", "auto"))
+    if strategy == "auto":
+        devices = trainer.get("devices", "auto")
+        listed = isinstance(devices, ListConfig)
+        count = len(devices) if listed else int(devices) if str(devices).lstrip("-").isdigit() else 1
+        return count != 1 or trainer.get("num_nodes", 1) > 1
+    return strategy.startswith(("ddp", "fsdp", "deepspeed")) and not any(
+        way in strategy for way in ("spawn", "fork", "notebook")
+    )
+
+
+def check_multirun_strategy(trainer: DictConfig, hydra: DictConfig) -> None:
+    """Refuse a strategy that re-runs the command line inside a multirun: each rank would re-run the sweep.
+
+    Under SLURM (hydra/launcher=slurm) the cluster starts one task per rank, so plain ddp is right there."""
+    if hydra.mode != RunMode.MULTIRUN or "Slurm" in hydra.launcher.get("_target_", ""):
+        return
+    if launches_command_line(trainer):
+        raise ConfigError(
+            f"trainer.strategy={trainer.get('strategy', 'auto')} with trainer.devices={trainer.devices} "
+            "re-runs the whole command in every rank, so under -m each rank would re-run the sweep: "
+            "use trainer=ddp (strategy ddp_spawn), or hydra/launcher=slurm"
+        )

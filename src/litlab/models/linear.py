@@ -174,7 +174,11 @@ class LinearModel(L.LightningModule):
         opt.step()
         if len(steps) > 1:
             self.count_fused_steps(len(steps) - 1)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(x))
+        # Under DDP each rank holds an equal shard: the mean over ranks is the full-batch loss one process
+        # reports. all_gather here, in a step every rank runs (sync_dist would reduce when rank 0's progress
+        # bar first reads the metrics, while the other ranks wait elsewhere: a deadlock).
+        logged = self.all_gather(loss.detach()).mean() if self.trainer.world_size > 1 else loss
+        self.log("train/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
         self.update_metrics(self.train_metrics, out.detach(), y)
         return {"loss": loss, "epoch_losses": losses}  # callbacks (DivergenceGuard) get it as `outputs`
 
