@@ -40,12 +40,14 @@ def image_sizes(acc: EventAccumulator, tag: str) -> list[tuple[int, int, int]]:
 
 
 def test_least_squares_optimum_is_the_line_numpy_fits():
-    x, y = torch.arange(1.0, 31.0, dtype=torch.float64).unsqueeze(1), torch.tensor(POINTS30_Y).double()
-    weight, bias = least_squares_optimum(x, y.unsqueeze(1))
+    x, y = torch.arange(1.0, 31.0).unsqueeze(1), torch.tensor(POINTS30_Y)
+    weight, bias, mse = least_squares_optimum(x, y.unsqueeze(1), chunk=7)  # several chunks summed
     slope, intercept = np.polyfit(x[:, 0].numpy(), y.numpy(), 1)
     assert weight.item() == pytest.approx(slope, rel=1e-10) and bias.item() == pytest.approx(
         intercept, rel=1e-10
     )
+    residuals = slope * x[:, 0].double().numpy() + intercept - y.double().numpy()
+    assert mse == pytest.approx(float(np.mean(residuals**2)), rel=1e-10)
 
 
 def test_lbfgs_reference_is_a_stationary_point_of_the_logistic_loss():

@@ -190,6 +190,11 @@ class TensorDataModule(L.LightningDataModule):
         group = 1 if self.full_batch else self.batches_per_step
         return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world, group)
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        """Nothing to move: batches() put the tensors on the trainer's device once (Lightning would walk
+        every minibatch of a grouped batch, each step, to find that out)."""
+        return batch
+
     def train_dataloader(self) -> TensorBatches:
         return self.batches("train", shuffle=True)
 

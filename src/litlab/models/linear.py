@@ -193,9 +193,11 @@ class LinearModel(L.LightningModule):
     def is_metrics_epoch(self) -> bool:
         """Whether this epoch logs more than the loss: where validation runs, and at the end.
         Each self.log costs ~0.5 ms, more than 50 epochs of the book's maths."""
+        return self.is_last_epoch() or (self.current_epoch + 1) % self.trainer.check_val_every_n_epoch == 0
+
+    def is_last_epoch(self) -> bool:
         trainer = self.trainer
-        last = self.current_epoch + 1 >= trainer.max_epochs or 0 < trainer.max_steps <= self.global_step
-        return last or (self.current_epoch + 1) % trainer.check_val_every_n_epoch == 0
+        return self.current_epoch + 1 >= trainer.max_epochs or 0 < trainer.max_steps <= self.global_step
 
     def on_train_epoch_end(self) -> None:
         if self.is_metrics_epoch():
