@@ -25,10 +25,8 @@ def lightning_schedule(trainer_cfg: DictConfig, epochs_per_step: int, has_val: b
 
     With epochs_per_step k > 1 (full-batch data) one Lightning epoch holds k epochs; max_steps then
     counts epochs exactly, since every epoch is one optimizer step."""
-    epochs, val_every = (
-        trainer_cfg.max_epochs,
-        min(trainer_cfg.check_val_every_n_epoch, trainer_cfg.max_epochs),
-    )
+    epochs = trainer_cfg.max_epochs
+    val_every = min(trainer_cfg.check_val_every_n_epoch, epochs)
     schedule = {
         "max_epochs": math.ceil(epochs / epochs_per_step),
         "max_steps": epochs if epochs_per_step > 1 else -1,
