@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from litlab.checkpoints import load
 from litlab.errors import ConfigError
-from litlab.inference import evaluate, predict
+from litlab.inference import evaluate, predict, read_csv
 from litlab.train import train
 from tests.conftest import CONF, compose_train, run_train
 
@@ -115,3 +115,12 @@ def test_eval_and_predict_scripts_as_a_user_runs_them(temperature_run, tmp_path)
     ]
     proc = run_train(tmp_path, f"ckpt_path={temperature_run}", "inputs=[81.9]", script="predict.py")
     assert "81.9" in proc.stdout and "prediction" in proc.stdout
+
+
+def test_csv_rows_of_numbers_are_never_taken_for_a_header(tmp_path):
+    """A first row that repeats a value ('1.0,1.0') is data: pandas would rename the repeat '1.0.1'."""
+    path = tmp_path / "x.csv"
+    path.write_text("1.0,1.0\n2.0,3.0\n")
+    assert read_csv(path).shape == (2, 2)
+    path.write_text("t_u\n81.9\n")
+    assert list(read_csv(path).columns) == ["t_u"] and len(read_csv(path)) == 1

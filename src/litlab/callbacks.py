@@ -78,14 +78,14 @@ class DivergenceGuard(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
-        losses = outputs.get("epoch_losses", outputs["loss"].detach().reshape(1))
+        losses = outputs["epoch_losses"]
         bad, lowest = self.bad_epochs(losses)
         first = torch.where(bad.any(), bad.int().argmax(), len(losses)).float()
         first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one host sync; all ranks stop together
         if first == len(losses):
             self.lowest = lowest[-1]
             return
-        full_batch = trainer.num_training_batches == 1  # then every optimizer step is one epoch
+        full_batch = trainer.datamodule.full_batch  # then every optimizer step is one epoch
         start = trainer.global_step - len(losses)
         loss = float(losses[first])
         if (
@@ -115,6 +115,8 @@ class LastCheckpoint(Callback):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            for logger in trainer.loggers:  # logs at least as new as the checkpoint, even after a SIGKILL
+                logger.save()
             trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loop state: resumable
             self.saved_at = time.monotonic()
 
@@ -124,7 +126,8 @@ class LastCheckpoint(Callback):
             self.saved_at = -math.inf  # and the first epoch end saves too
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if time.monotonic() - self.saved_at >= self.every_s:
+        # Rank 0's clock decides for all: save_checkpoint ends in a barrier every rank must reach.
+        if trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.every_s):
             self.save(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

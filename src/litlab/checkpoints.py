@@ -107,6 +107,17 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
         )
 
 
+def check_resumable(values: dict, ckpt: Path, model: L.LightningModule) -> None:
+    """Refuse a resume whose trainer overrides change how many epochs one Lightning step holds: the
+    checkpoint's loop counters are in its own units (trainer.devices or precision turn fusing off)."""
+    saved, built = values.get("hyper_parameters", {}).get("epochs_per_step", 1), model.hparams.epochs_per_step
+    if saved != built:
+        raise ConfigError(
+            f"{ckpt} ran {saved} epochs per Lightning step and these settings give {built} "
+            "(trainer.devices, trainer.precision or epochs_per_step changed): resume with the run's own"
+        )
+
+
 def resumed_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     """For `resume=<run dir or checkpoint>`: the run's saved config writing into its own directory, and the
     checkpoint to continue from (last.ckpt for a directory). Otherwise (cfg, None)."""

@@ -104,21 +104,23 @@ class OptimumGap(L.Callback):
         self.optimum: float | None = None
 
     def reference(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, str] | None:
-        """(optimum loss, how it was found), computed in float64; None where the split is too large."""
+        """(optimum loss, how it was found), computed in float64; None for symbol-index inputs, and for
+        logistic regression on more than lbfgs_max_rows rows."""
+        if pl_module.hparams.get("num_embeddings"):  # symbol indices: no linear model of these numbers
+            return None
         if pl_module.hparams.task == "regression":
             how = "the exact least-squares solution of the training split (torch.linalg.lstsq)"
             return least_squares_optimum(x, y)[2], how
+        if len(x) > self.lbfgs_max_rows:
+            return None
         x, y = x.double(), (y.double() if y.is_floating_point() else y)
         model = nn.Linear(x.shape[1], pl_module.hparams.out_features, dtype=torch.float64)
-        if len(x) <= self.lbfgs_max_rows:
-            nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
-            lbfgs_optimum(model, pl_module.loss, x, y, self.lbfgs_max_iter)
-            how = (
-                f"a full-batch L-BFGS fit of the training split ({self.lbfgs_max_iter} iterations): "
-                "an approximation; on separable classes the infimum is 0"
-            )
-        else:
-            return None
+        nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
+        lbfgs_optimum(model, pl_module.loss, x, y, self.lbfgs_max_iter)
+        how = (
+            f"a full-batch L-BFGS fit of the training split ({self.lbfgs_max_iter} iterations): "
+            "an approximation; on separable classes the infimum is 0"
+        )
         with torch.no_grad():
             return float(pl_module.loss(model(x), y)), how
 

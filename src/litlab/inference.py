@@ -83,12 +83,10 @@ def read_csv(path: Path) -> pd.DataFrame:
     """A CSV of numbers, with or without a header row."""
     if not path.is_file():
         raise ConfigError(f"input_file={path} does not exist")
-    table = pd.read_csv(path)
-    try:
-        [float(c) for c in table.columns]  # the first row was numbers, not names
-        return pd.read_csv(path, header=None)
-    except ValueError:
-        return table
+    table = pd.read_csv(path, header=None)
+    if pd.to_numeric(table.iloc[0], errors="coerce").isna().any():  # the first row names the columns
+        return pd.read_csv(path)
+    return table
 
 
 def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFrame:
@@ -111,12 +109,18 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
     model = get_class(saved.model._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
     model.eval()
+    if model.hparams.get("num_embeddings"):
+        raise ConfigError(
+            f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
+        )
     stats = load(ckpt).get(saved.data._target_.rsplit(".", 1)[-1])
     if stats is None:
         raise ConfigError(f"{ckpt} holds no input normalisation statistics of {saved.data._target_}")
     inputs = read_inputs(cfg, model.hparams.in_features)
     x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
-    table = predictions_table(model, (x - torch.tensor(stats["x_shift"])) / torch.tensor(stats["x_scale"]))
+    # As in TensorDataModule.setup: multiply by 1/scale, so the inputs match training's to the bit.
+    x_scaled = (x - torch.tensor(stats["x_shift"])) * torch.tensor(stats["x_scale"]).reciprocal()
+    table = predictions_table(model, x_scaled)
     result = pd.concat([inputs, table], axis=1)
     print(result.to_string(index=False))
     if cfg.input_file is not None:

@@ -21,7 +21,14 @@ log = logging.getLogger(__name__)
 
 ALPHA = 0.05  # significance level of the verdicts
 STAGES = ("train", "val", "test")
-LOWER_IS_BETTER = ("loss", "mse", "mae")  # metric names ending so; every other metric is better higher
+LOWER_IS_BETTER = (
+    "loss",
+    "mse",
+    "mae",
+    "gap",
+    "bits",
+    "perplexity",
+)  # metric names ending so; every other metric is better higher
 
 
 def mode_of(metric: str, optimized_metric: str, optimized_mode: str) -> str:

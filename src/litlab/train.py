@@ -13,9 +13,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from litlab.checkpoints import check_compatible, load, logger_kwargs, resumed_run
+from litlab.checkpoints import check_compatible, check_resumable, load, logger_kwargs, resumed_run
 from litlab.checks import check_config
-from litlab.errors import Diverged
+from litlab.errors import ConfigError, Diverged
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,9 @@ def train(cfg: DictConfig) -> float:
     check_config(cfg)
     data, model = build(cfg)
     if resume_ckpt:
-        check_compatible(load(resume_ckpt), resume_ckpt, model, data)
+        saved = load(resume_ckpt)
+        check_compatible(saved, resume_ckpt, model, data)
+        check_resumable(saved, resume_ckpt, model)
     k = model.hparams.epochs_per_step
     loggers = [
         instantiate(c, **logger_kwargs(c, resume_ckpt)) for c in (cfg.get("logger") or {}).values() if c
@@ -149,6 +151,11 @@ def train(cfg: DictConfig) -> float:
     epochs = trainer.global_step if data.full_batch else trainer.current_epoch
     if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
         stopped = Diverged(epochs, metrics[cfg.optimized_metric])
+    if stopped is None and cfg.optimized_metric not in metrics:
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} was never logged; this run logs "
+            f"{', '.join(sorted(metrics))}"
+        )
     if isinstance(stopped, SystemExit):  # also ends a sweep, as a Ctrl-C should
         why = "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
         where = out_dir / "checkpoints" / "last.ckpt"

@@ -147,7 +147,8 @@ class LinearModel(L.LightningModule):
         # minibatch data arrives as a list of consecutive minibatches (train() sets batches_per_step);
         # full-batch data as the whole set, stepped epochs_per_step times, i.e. that many epochs, capped
         # by max_steps (train() sets it to the epoch count) so that the total is exact.
-        if isinstance(batch, list):
+        minibatches = isinstance(batch, list)
+        if minibatches:
             steps = batch
         else:
             n = self.hparams.epochs_per_step
@@ -155,13 +156,18 @@ class LinearModel(L.LightningModule):
                 n = min(n, self.trainer.max_steps - self.global_step)
             steps = [batch] * n
         opt = self.optimizers()
+        # Training metrics only where they are logged: every minibatch of a group, or the last epoch.
+        track = self.is_metrics_epoch()
         # Each step's loss, for DivergenceGuard to read once per Lightning step (no host sync per step).
         losses = torch.empty(len(steps), device=steps[0][0].device)
         # All but the last are plain torch steps; the last goes through Lightning, so callbacks and
         # precision plugins see one step per Lightning step. Then the step counters catch up.
         for i, (x, y) in enumerate(steps[:-1]):
-            loss = self.loss(self(x), y)
+            out = self(x)
+            loss = self.loss(out, y)
             losses[i] = loss.detach()
+            if track and minibatches:
+                self.update_metrics(self.train_metrics, out.detach(), y)
             opt.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             opt.optimizer.step()
@@ -169,17 +175,22 @@ class LinearModel(L.LightningModule):
         out = self(x)
         loss = self.loss(out, y)
         losses[-1] = loss.detach()
+        if track:
+            self.update_metrics(self.train_metrics, out.detach(), y)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
         if len(steps) > 1:
             self.count_fused_steps(len(steps) - 1)
+        # The loss of this step's data: over a group, the minibatches' size-weighted mean; on full-batch
+        # data, the last epoch's (the earlier ones are history, as in a plain loop's last print).
+        sizes = torch.tensor([len(b[0]) for b in steps] if minibatches else [len(x)], device=losses.device)
+        step_loss = (losses * sizes).sum() / sizes.sum() if minibatches else loss.detach()
         # Under DDP each rank holds an equal shard: the mean over ranks is the full-batch loss one process
         # reports. all_gather here, in a step every rank runs (sync_dist would reduce when rank 0's progress
         # bar first reads the metrics, while the other ranks wait elsewhere: a deadlock).
-        logged = self.all_gather(loss.detach()).mean() if self.trainer.world_size > 1 else loss
-        self.log("train/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
-        self.update_metrics(self.train_metrics, out.detach(), y)
+        logged = self.all_gather(step_loss).mean() if self.trainer.world_size > 1 else step_loss
+        self.log("train/loss", logged, on_step=False, on_epoch=True, batch_size=int(sizes.sum()))
         return {"loss": loss, "epoch_losses": losses}  # callbacks (DivergenceGuard) get it as `outputs`
 
     def count_fused_steps(self, n: int) -> None:
