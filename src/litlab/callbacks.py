@@ -121,7 +121,9 @@ class LastCheckpoint(Callback):
             self.saved_at = time.monotonic()
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.path.exists():  # a run stopped before its first save still has a checkpoint
+        # A run stopped before its first save still has a checkpoint. Rank 0 decides for all: it may write
+        # the file before another rank looks, and save_checkpoint ends in a barrier every rank must reach.
+        if trainer.strategy.broadcast(not self.path.exists()):
             self.save(trainer, pl_module)
             self.saved_at = -math.inf  # and the first epoch end saves too
 
