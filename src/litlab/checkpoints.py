@@ -130,12 +130,12 @@ def resumed_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
     return saved, ckpt
 
 
-def logger_kwargs(logger_cfg: DictConfig, ckpt: Path | None) -> dict:
+def logger_kwargs(logger_cfg: DictConfig, values: dict | None) -> dict:
     """TensorBoard drops the events a killed run logged after its checkpoint (SummaryWriter's purge_step),
-    so the resumed run logs every step once."""
-    if ckpt is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
+    so the resumed run logs every step once. `values`: the loaded checkpoint being resumed, or None."""
+    if values is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
         return {}
-    epoch_loop = load(ckpt)["loops"]["fit_loop"]["epoch_loop.state_dict"]
+    epoch_loop = values["loops"]["fit_loop"]["epoch_loop.state_dict"]
     return {"purge_step": epoch_loop["_batches_that_stepped"]}  # the step the logs continue from
 
 

@@ -120,14 +120,12 @@ def train(cfg: DictConfig) -> float:
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     check_config(cfg)
     data, model = build(cfg)
-    if resume_ckpt:
-        saved = load(resume_ckpt)
+    saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
+    if saved is not None:
         check_compatible(saved, resume_ckpt, model, data)
         check_resumable(saved, resume_ckpt, model)
     k = model.hparams.epochs_per_step
-    loggers = [
-        instantiate(c, **logger_kwargs(c, resume_ckpt)) for c in (cfg.get("logger") or {}).values() if c
-    ]
+    loggers = [instantiate(c, **logger_kwargs(c, saved)) for c in (cfg.get("logger") or {}).values() if c]
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]  # name=null: off
     schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
