@@ -119,3 +119,14 @@ def test_classification_pictures_have_the_configured_size_and_steps(tmp_path):
     assert "fit/line" not in acc.Tags()["images"] and not (run / "fit.gif").exists()
     assert "L-BFGS" in acc.SummaryMetadata("train/optimum_loss").summary_description
     assert acc.Scalars("train/gap")[-1].value > 0
+
+
+def test_fused_steps_log_the_train_loss_every_50_epochs_as_unfused_steps_do(tmp_path):
+    # 100 epochs a Lightning step (validation every 100): the loss at epoch 50 of each step goes
+    # straight to the loggers, the step's last through self.log; both equal one-epoch steps' values.
+    common = (*POINTS30, "trainer.max_epochs=330", "callbacks=none")
+    fused = read_events(fit(tmp_path / "fused", *common)).Scalars("train/loss")
+    plain = read_events(fit(tmp_path / "plain", *common, "epochs_per_step=1")).Scalars("train/loss")
+    assert [e.step for e in fused] == [49, 99, 149, 199, 249, 299, 329]  # and the last epoch
+    by_step = {e.step: e.value for e in plain}
+    assert [e.value for e in fused] == [by_step[e.step] for e in fused]

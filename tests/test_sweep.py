@@ -89,7 +89,9 @@ def test_only_a_relaunching_strategy_is_refused_under_multirun():
         return OmegaConf.create({"devices": 2, **kw})
 
     slurm = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+    joblib = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
     for ok in [
+        (trainer(devices=1), hydra(RunMode.MULTIRUN, joblib)),
         (trainer(strategy="ddp_spawn"), hydra(RunMode.MULTIRUN)),
         (trainer(strategy="ddp"), hydra(RunMode.RUN)),
         (trainer(strategy="ddp"), hydra(RunMode.MULTIRUN, slurm)),
@@ -99,6 +101,8 @@ def test_only_a_relaunching_strategy_is_refused_under_multirun():
     for bad in [trainer(strategy="ddp"), trainer(), trainer(strategy="fsdp")]:
         with pytest.raises(ConfigError, match="re-run the sweep: use trainer=ddp"):
             check_multirun_strategy(bad, hydra(RunMode.MULTIRUN))
+    with pytest.raises(ConfigError, match="add hydra/launcher=basic"):  # loky workers cannot spawn ranks
+        check_multirun_strategy(trainer(strategy="ddp_spawn"), hydra(RunMode.MULTIRUN, joblib))
 
 
 def sweep(root: Path, *args: str) -> Path:
@@ -195,7 +199,13 @@ def test_optuna_search_survives_failures_and_resumes_to_n_trials(tmp_path):
 def test_ddp_on_two_cpu_processes_matches_one_process_per_job(tmp_path):
     # 1000 generated rows: 800 train rows split 400 + 400, so both ranks' shards are equal.
     data = ("data=regression", "data.preset=generated", "trainer.max_epochs=100")
-    sweep_dir = sweep(tmp_path, "trainer=ddp", "trainer.accelerator=cpu", *data, "optimizer.lr=0.01,0.1")
+    two_ranks = ("trainer=ddp", "trainer.accelerator=cpu")
+    refused = run_train(tmp_path, "hydra.mode=MULTIRUN", *two_ranks, check=False)  # the parallel launcher
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: trainer.devices=2 needs a process per device, which the parallel sweep's workers cannot "
+        "start: add hydra/launcher=basic (one job at a time), or hydra/launcher=slurm"
+    )
+    sweep_dir = sweep(tmp_path, *two_ranks, "hydra/launcher=basic", *data, "optimizer.lr=0.01,0.1")
     jobs = pd.read_csv(sweep_dir / "jobs.csv", dtype={"optimizer.lr": str})
     assert jobs["status"].tolist() == ["ok", "ok"]
     for _, job in jobs.iterrows():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
@@ -15,7 +17,8 @@ from litlab.errors import Diverged
 
 
 class EpochProgressBar(ProgressBar):
-    """One bar over epochs (not batches) showing the latest metrics; costs nothing per batch."""
+    """One bar over epochs (not batches) showing the latest metrics; costs nothing per batch. None in
+    the jobs of a sweep: parallel jobs would draw over each other's line; each logs its start and end."""
 
     def __init__(self):
         super().__init__()
@@ -29,7 +32,8 @@ class EpochProgressBar(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._enabled and trainer.is_global_zero:
+        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+        if self._enabled and trainer.is_global_zero and not in_sweep:
             # With epochs_per_step > 1, train() sets max_steps to the epoch count (one step per epoch).
             total = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs
             self.bar = tqdm(total=total, desc="epochs", unit="ep", dynamic_ncols=True, leave=True)
@@ -103,22 +107,37 @@ class LastCheckpoint(Callback):
     `every_s` seconds at an epoch end, when it ends, and when Ctrl-C or SIGTERM stops it; never with
     non-finite weights, and not when it diverged (DivergenceGuard raises before the epoch end), so a
     diverged run keeps its last sound state. Lightning's save_last refreshes only on a better metric,
-    and its save_on_exception would also save diverged weights."""
+    and its save_on_exception would also save diverged weights.
+
+    An epoch end's checkpoint is written beside last.ckpt and renamed over it when the next epoch starts:
+    Lightning logs an epoch's training metrics after the callbacks' epoch end, so a kill in between
+    leaves the previous last.ckpt, whose epochs are all in the logs."""
 
     def __init__(self, dirpath: str, every_s: float = 10.0):
         super().__init__()
         self.path = Path(dirpath) / "last.ckpt"
+        self.pending = self.path.with_name(".last.ckpt.pending")
         self.every_s = every_s
         self.saved_at = -math.inf
 
-    def save(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def save(self, trainer: L.Trainer, pl_module: L.LightningModule, path: Path | None = None) -> None:
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         if all(torch.isfinite(p).all() for p in pl_module.parameters()):
             for logger in trainer.loggers:  # logs at least as new as the checkpoint, even after a SIGKILL
                 logger.save()
-            trainer.save_checkpoint(self.path, weights_only=False)  # optimizer and loop state: resumable
+            # optimizer and loop state: resumable
+            trainer.save_checkpoint(path or self.path, weights_only=False)
             self.saved_at = time.monotonic()
+            if path is None and trainer.is_global_zero:
+                self.pending.unlink(missing_ok=True)
+
+    def commit(self, trainer: L.Trainer) -> None:
+        """The pending epoch-end checkpoint becomes last.ckpt, now that its epoch is logged and flushed."""
+        if trainer.is_global_zero and self.pending.exists():
+            for logger in trainer.loggers:
+                logger.save()
+            self.pending.replace(self.path)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # A run stopped before its first save still has a checkpoint. Rank 0 decides for all: it may write
@@ -127,10 +146,13 @@ class LastCheckpoint(Callback):
             self.save(trainer, pl_module)
             self.saved_at = -math.inf  # and the first epoch end saves too
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.commit(trainer)
+
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Rank 0's clock decides for all: save_checkpoint ends in a barrier every rank must reach.
         if trainer.strategy.broadcast(time.monotonic() - self.saved_at >= self.every_s):
-            self.save(trainer, pl_module)
+            self.save(trainer, pl_module, self.pending)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.save(trainer, pl_module)
@@ -140,3 +162,5 @@ class LastCheckpoint(Callback):
     ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self.save(trainer, pl_module)
+        else:  # diverged: the pending checkpoint of the last sound epoch end is the state to keep
+            self.commit(trainer)

@@ -158,11 +158,13 @@ def example(key: str, hint: object) -> str:
 
 
 def check_top_level(cfg: DictConfig) -> None:
-    for key, hint in (("seed", int), ("epochs_per_step", int), ("optimized_metric", str)):
+    counts = ("epochs_per_step", "log_every_n_epochs", "batches_per_step")
+    for key, hint in (("seed", int), *((k, int) for k in counts), ("optimized_metric", str)):
         if not fits(cfg[key], hint):
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
-    if cfg.epochs_per_step < 1:
-        raise ConfigError(f"epochs_per_step={cfg.epochs_per_step} must be >= 1")
+    for key in counts:
+        if cfg[key] < 1:
+            raise ConfigError(f"{key}={cfg[key]} must be >= 1")
     if cfg.optimized_mode not in ("min", "max"):
         raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
 
@@ -244,29 +246,41 @@ def device_count(devices: object) -> int | None:
     return None
 
 
+def several_ranks(trainer: DictConfig) -> bool:
+    """Whether the Trainer runs more than one process (devices, or nodes; ddp strategies name them)."""
+    devices = trainer.get("devices", "auto")
+    listed = isinstance(devices, ListConfig)
+    count = len(devices) if listed else int(devices) if str(devices).lstrip("-").isdigit() else 1
+    return count != 1 or trainer.get("num_nodes", 1) > 1
+
+
 def launches_command_line(trainer: DictConfig) -> bool:
     """Whether Lightning would start the other ranks by re-running `python train.py ...` (ddp, fsdp, and
     auto on several devices) rather than spawning them from this process (ddp_spawn, ddp_fork)."""
     strategy = str(trainer.get("strategy", "auto"))
     if strategy == "auto":
-        devices = trainer.get("devices", "auto")
-        listed = isinstance(devices, ListConfig)
-        count = len(devices) if listed else int(devices) if str(devices).lstrip("-").isdigit() else 1
-        return count != 1 or trainer.get("num_nodes", 1) > 1
+        return several_ranks(trainer)
     return strategy.startswith(("ddp", "fsdp", "deepspeed")) and not any(
         way in strategy for way in ("spawn", "fork", "notebook")
     )
 
 
 def check_multirun_strategy(trainer: DictConfig, hydra: DictConfig) -> None:
-    """Refuse a strategy that re-runs the command line inside a multirun: each rank would re-run the sweep.
+    """Refuse a strategy that re-runs the command line inside a multirun: each rank would re-run the sweep;
+    and several ranks in the parallel launcher's workers (joblib's loky), which cannot spawn them.
 
     Under SLURM (hydra/launcher=slurm) the cluster starts one task per rank, so plain ddp is right there."""
-    if hydra.mode != RunMode.MULTIRUN or "Slurm" in hydra.launcher.get("_target_", ""):
+    launcher = hydra.launcher.get("_target_", "")
+    if hydra.mode != RunMode.MULTIRUN or "Slurm" in launcher:
         return
     if launches_command_line(trainer):
         raise ConfigError(
             f"trainer.strategy={trainer.get('strategy', 'auto')} with trainer.devices={trainer.devices} "
             "re-runs the whole command in every rank, so under -m each rank would re-run the sweep: "
-            "use trainer=ddp (strategy ddp_spawn), or hydra/launcher=slurm"
+            "use trainer=ddp (strategy ddp_spawn) with hydra/launcher=basic, or hydra/launcher=slurm"
+        )
+    if "Joblib" in launcher and several_ranks(trainer):
+        raise ConfigError(
+            f"trainer.devices={trainer.devices} needs a process per device, which the parallel sweep's "
+            "workers cannot start: add hydra/launcher=basic (one job at a time), or hydra/launcher=slurm"
         )

@@ -17,7 +17,8 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda r: "litlogger" not in r.getMessage()
 )
 # Run directories end in _<microseconds>-<pid>: two runs started at the same moment never share one.
-OmegaConf.register_new_resolver("pid", os.getpid, replace=True)
+# Cached in the config, like Hydra's ${now:}: a parallel launcher's worker keeps the sweep's directory.
+OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, before run() sets it for Hydra
 
 

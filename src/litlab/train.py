@@ -20,17 +20,27 @@ from litlab.errors import ConfigError, Diverged
 log = logging.getLogger(__name__)
 
 
+def val_interval(trainer_cfg: DictConfig) -> int:
+    """Epochs between validations (and between logs of the training metrics)."""
+    return min(trainer_cfg.check_val_every_n_epoch, trainer_cfg.max_epochs)
+
+
+def epochs_per_lightning_step(most: int, val_every: int) -> int:
+    """The largest k <= most dividing val_every: Lightning steps of k epochs then end exactly where
+    validation is due (100 epochs a step for the default cadence, 30 for validation every 30)."""
+    return max(k for k in range(1, min(most, val_every) + 1) if val_every % k == 0)
+
+
 def lightning_schedule(trainer_cfg: DictConfig, epochs_per_step: int, has_val: bool) -> dict:
     """Trainer arguments in Lightning's units for the user's epoch counts.
 
     With epochs_per_step k > 1 (full-batch data) one Lightning epoch holds k epochs; max_steps then
     counts epochs exactly, since every epoch is one optimizer step."""
     epochs = trainer_cfg.max_epochs
-    val_every = min(trainer_cfg.check_val_every_n_epoch, epochs)
     schedule = {
         "max_epochs": math.ceil(epochs / epochs_per_step),
         "max_steps": epochs if epochs_per_step > 1 else -1,
-        "check_val_every_n_epoch": max(1, round(val_every / epochs_per_step)),
+        "check_val_every_n_epoch": max(1, round(val_interval(trainer_cfg) / epochs_per_step)),
     }
     if not has_val:
         schedule["limit_val_batches"] = 0
@@ -77,20 +87,29 @@ def fit(
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     except (Diverged, SystemExit) as e:  # SystemExit: Lightning's graceful stop on Ctrl-C or SIGTERM
         return e
-    if "val" in data.splits and trainer.current_epoch % val_every:
-        trainer.validate(model, datamodule=data, verbose=False)  # so the final val metrics are final
+    # So that the final val metrics are final (also for a resumed run that had nothing left to train):
+    validated = any(k.startswith("val/") for k in trainer.callback_metrics)
+    if "val" in data.splits and (trainer.current_epoch % val_every or not validated):
+        trainer.validate(model, datamodule=data, verbose=False)
     return None
 
 
 def finish(
-    cfg: DictConfig, trainer: L.Trainer, stopped: BaseException | None, metrics: dict, started: float
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    stopped: BaseException | None,
+    metrics: dict,
+    epochs: int,
+    started: float,
 ) -> str:
     """Record how the run ended (ok, diverged, interrupted) in TensorBoard's hparams and metrics.json."""
     status = "ok" if stopped is None else "diverged" if isinstance(stopped, Diverged) else "interrupted"
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
             hparams = {**hparams_of(cfg), "status": status}
-            logger.log_hyperparams(hparams, {f"final/{k}": v for k, v in metrics.items()})
+            # final/epochs: how far each run got (also a run that stopped before logging anything)
+            final = {"final/epochs": epochs, **{f"final/{k}": v for k, v in metrics.items()}}
+            logger.log_hyperparams(hparams, final)
             logger.finalize("success" if status == "ok" else "failed")
     error = str(stopped or "").removeprefix("error: ")
     write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
@@ -108,7 +127,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
-        epochs_per_step=cfg.epochs_per_step if fuse and data.full_batch else 1,
+        epochs_per_step=epochs_per_lightning_step(cfg.epochs_per_step, val_interval(cfg.trainer))
+        if fuse and data.full_batch
+        else 1,
+        log_every_n_epochs=cfg.log_every_n_epochs,
         **data.model_kwargs(),
     )
     return data, model
@@ -158,7 +180,9 @@ def train(cfg: DictConfig) -> float:
         why = "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
         where = out_dir / "checkpoints" / "last.ckpt"
         stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
-    status = finish(cfg, trainer, stopped, metrics, started)
+    if isinstance(stopped, Diverged):
+        epochs = stopped.epoch
+    status = finish(cfg, trainer, stopped, metrics, epochs, started)
     if stopped is not None:
         raise stopped
     log.info(f"{status}: " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))

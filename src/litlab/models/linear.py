@@ -14,14 +14,10 @@ from litlab.errors import ConfigError
 
 
 def task_metrics(task: str, out_features: int) -> tm.MetricCollection:
-    """The torchmetrics that describe a fit of this task."""
+    """The torchmetrics that describe a fit of this task, beside its loss (for regression, the MSE)."""
     if task == "regression":
         return tm.MetricCollection(
-            {
-                "mse": tm.MeanSquaredError(),
-                "mae": tm.MeanAbsoluteError(),
-                "r2": tm.R2Score(multioutput="uniform_average"),
-            }
+            {"mae": tm.MeanAbsoluteError(), "r2": tm.R2Score(multioutput="uniform_average")}
         )
     if task == "binary":
         return tm.MetricCollection(
@@ -77,6 +73,13 @@ class OneHotLinear(nn.Module):
         return F.embedding_bag(x, self.weight, mode="sum") + self.bias
 
 
+LOSSES = {
+    "regression": F.mse_loss,
+    "binary": F.binary_cross_entropy_with_logits,
+    "multiclass": F.cross_entropy,
+}
+
+
 class LinearModel(L.LightningModule):
     """y = x W^T + b; MSE for regression, BCE-with-logits (binary), cross-entropy (multiclass)."""
 
@@ -88,6 +91,7 @@ class LinearModel(L.LightningModule):
         out_features: int,
         optimizer: partial[torch.optim.Optimizer] | None = None,
         epochs_per_step: int = 1,
+        log_every_n_epochs: int = 50,
         init_weight: float | None = None,
         init_bias: float | None = None,
         num_embeddings: int | None = None,
@@ -101,6 +105,7 @@ class LinearModel(L.LightningModule):
             )
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
+        self.loss_fn = LOSSES[task]  # chosen once: the fused loop below calls it thousands of times
         self.automatic_optimization = False  # epochs_per_step optimizer steps per batch, see training_step
         # num_embeddings: the inputs are indices of one-hot features (text), looked up, never multiplied
         if num_embeddings:
@@ -123,12 +128,7 @@ class LinearModel(L.LightningModule):
         return self.linear(x)
 
     def loss(self, out: Tensor, y: Tensor) -> Tensor:
-        task = self.hparams.task
-        if task == "regression":
-            return F.mse_loss(out, y)
-        if task == "binary":
-            return F.binary_cross_entropy_with_logits(out, y)
-        return F.cross_entropy(out, y)
+        return self.loss_fn(out, y)
 
     def predictions(self, out: Tensor) -> Tensor:
         """Values, P(class 1), or class probabilities."""
@@ -158,14 +158,13 @@ class LinearModel(L.LightningModule):
         opt = self.optimizers()
         # Training metrics only where they are logged: every minibatch of a group, or the last epoch.
         track = self.is_metrics_epoch()
-        # Each step's loss, for DivergenceGuard to read once per Lightning step (no host sync per step).
-        losses = torch.empty(len(steps), device=steps[0][0].device)
         # All but the last are plain torch steps; the last goes through Lightning, so callbacks and
         # precision plugins see one step per Lightning step. Then the step counters catch up.
-        for i, (x, y) in enumerate(steps[:-1]):
+        losses = []  # each step's loss, for DivergenceGuard to read once per Lightning step
+        for x, y in steps[:-1]:
             out = self(x)
-            loss = self.loss(out, y)
-            losses[i] = loss.detach()
+            loss = self.loss_fn(out, y)
+            losses.append(loss.detach())
             if track and minibatches:
                 self.update_metrics(self.train_metrics, out.detach(), y)
             opt.optimizer.zero_grad(set_to_none=True)
@@ -173,8 +172,9 @@ class LinearModel(L.LightningModule):
             opt.optimizer.step()
         x, y = steps[-1]
         out = self(x)
-        loss = self.loss(out, y)
-        losses[-1] = loss.detach()
+        loss = self.loss_fn(out, y)
+        losses.append(loss.detach())
+        losses = torch.stack(losses)
         if track:
             self.update_metrics(self.train_metrics, out.detach(), y)
         opt.zero_grad(set_to_none=True)
@@ -192,6 +192,20 @@ class LinearModel(L.LightningModule):
         logged = self.all_gather(step_loss).mean() if self.trainer.world_size > 1 else step_loss
         self.log("train/loss", logged, on_step=False, on_epoch=True, batch_size=int(sizes.sum()))
         return {"loss": loss, "epoch_losses": losses}  # callbacks (DivergenceGuard) get it as `outputs`
+
+    def on_train_batch_end(self, outputs: dict[str, Tensor], batch, batch_idx: int) -> None:
+        """train/loss of the epochs inside a fused full-batch step that end a log_every_n_epochs
+        interval, straight to the loggers at their own steps: self.log, ~1 ms a call with its logger
+        flush, logs once per Lightning step, at its last epoch. Here, after the callbacks' hook, so that
+        DivergenceGuard has stopped a diverged step first."""
+        losses = outputs["epoch_losses"][:-1]
+        if isinstance(batch, list) or not len(losses) or not self.trainer.is_global_zero:
+            return
+        every, first = self.hparams.log_every_n_epochs, self.global_step - len(losses) - 1
+        due = [i for i in range(len(losses)) if (first + i + 1) % every == 0]
+        for logger in self.loggers if due else ():
+            for i, value in zip(due, losses[due].tolist(), strict=True):
+                logger.log_metrics({"train/loss": value}, step=first + i)
 
     def count_fused_steps(self, n: int) -> None:
         """Credit n plain-torch optimizer steps to Lightning's counters: global_step (what max_steps and
