@@ -25,9 +25,12 @@ def val_interval(trainer_cfg: DictConfig) -> int:
     return min(trainer_cfg.check_val_every_n_epoch, trainer_cfg.max_epochs)
 
 
-def epochs_per_lightning_step(most: int, val_every: int) -> int:
-    """The largest k <= most dividing val_every: Lightning steps of k epochs then end exactly where
-    validation is due (100 epochs a step for the default cadence, 30 for validation every 30)."""
+def epochs_per_lightning_step(most: int, val_every: int | None) -> int:
+    """With validation every val_every epochs, the largest k <= most dividing it: Lightning steps of k
+    epochs then end exactly where validation is due (100 epochs a step for the default cadence, 30 for
+    validation every 30); without validation, most."""
+    if val_every is None:
+        return most
     return max(k for k in range(1, min(most, val_every) + 1) if val_every % k == 0)
 
 
@@ -127,7 +130,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
-        epochs_per_step=epochs_per_lightning_step(cfg.epochs_per_step, val_interval(cfg.trainer))
+        epochs_per_step=epochs_per_lightning_step(
+            cfg.epochs_per_step, val_interval(cfg.trainer) if "val" in data.splits else None
+        )
         if fuse and data.full_batch
         else 1,
         log_every_n_epochs=cfg.log_every_n_epochs,
