@@ -17,8 +17,9 @@ from tests.conftest import ROOT, run_dirs
 from tests.test_train import events, hparams_session
 
 
-def start(root, *args: str, **env: str) -> subprocess.Popen:
-    """`python train.py args` started in the background, logs under root."""
+def start(root, *args: str, new_session: bool = False, **env: str) -> subprocess.Popen:
+    """`python train.py args` started in the background, logs under root (in a process group of its own
+    with new_session, as a terminal's Ctrl-C reaches a command and its children)."""
     environ = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [
@@ -32,6 +33,7 @@ def start(root, *args: str, **env: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=new_session,
     )
 
 
@@ -106,6 +108,21 @@ def test_a_stopped_run_saves_where_it_stopped_and_closes_its_logs(tmp_path, sig,
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs > 0
     acc = events(run)  # readable to the end: the writers were closed, the hparams logged
     assert acc.Scalars("train/loss")[-1].step < epochs and hparams_session(acc)[0]["status"] == "interrupted"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
+    proc = start(tmp_path, "-m", "trainer.max_epochs=100000000", "optimizer=sgd,adam", new_session=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "logs").rglob("last.ckpt"))) < 2 and time.time() < deadline:  # both jobs
+        time.sleep(0.2)
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGINT)  # the main process and the joblib workers, as Ctrl-C does
+    code, err = finish(proc)
+    assert code == 1 and "Traceback" not in err, err
+    assert error_lines(err) == [
+        "error: stopped by Ctrl-C; each job's checkpoints/last.ckpt holds where it stopped"
+    ]
 
 
 @pytest.mark.slow

@@ -37,6 +37,10 @@ def run(main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
+    except KeyboardInterrupt:  # here in a parallel sweep's main process; a job stops by itself (SystemExit)
+        if FULL_ERROR:
+            raise
+        sys.exit("error: stopped by Ctrl-C; each job's checkpoints/last.ckpt holds where it stopped")
     except Exception as e:
         if FULL_ERROR or (message := one_line(e)) is None:
             raise
