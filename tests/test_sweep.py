@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy import stats
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from litlab.checks import check_multirun_strategy
+from litlab.checks import check_multirun_strategy, several_ranks
 from litlab.errors import ConfigError
 from litlab.sweep import compare_settings, resume_study
 from litlab.train import train
@@ -79,6 +79,21 @@ def test_resume_continues_a_killed_study_to_n_trials_in_all(tmp_path):
     assert (sweeper.n_trials, sweeper.job_idx) == (3, 3)  # 2 finished of 5; jobs go on from number 3
     states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
     assert states == ["COMPLETE", "FAIL", "FAIL"]
+
+
+def test_devices_auto_counts_every_gpu(monkeypatch):
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    def trainer(accelerator: str, devices: object = "auto"):
+        return OmegaConf.create({"accelerator": accelerator, "devices": devices})
+
+    assert not several_ranks(trainer("auto")) and not several_ranks(trainer("cpu", 1))
+    assert several_ranks(trainer("cpu", 2)) and several_ranks(trainer("gpu", "0,1"))
+    assert not several_ranks(trainer("gpu", [1])) and not several_ranks(trainer("gpu", "1,"))
+    monkeypatch.setattr(CUDAAccelerator, "is_available", staticmethod(lambda: True))
+    monkeypatch.setattr(CUDAAccelerator, "auto_device_count", staticmethod(lambda: 4))
+    assert several_ranks(trainer("auto")) and several_ranks(trainer("gpu", -1))  # Lightning takes all 4
+    assert not several_ranks(trainer("cpu"))
 
 
 def test_only_a_relaunching_strategy_is_refused_under_multirun():

@@ -247,11 +247,20 @@ def device_count(devices: object) -> int | None:
 
 
 def several_ranks(trainer: DictConfig) -> bool:
-    """Whether the Trainer runs more than one process (devices, or nodes; ddp strategies name them)."""
+    """Whether the Trainer runs more than one process: several devices (auto and -1 take all of the
+    accelerator's, as Lightning does: every GPU, one CPU or MPS device), or several nodes."""
     devices = trainer.get("devices", "auto")
-    listed = isinstance(devices, ListConfig)
-    count = len(devices) if listed else int(devices) if str(devices).lstrip("-").isdigit() else 1
-    return count != 1 or trainer.get("num_nodes", 1) > 1
+    if devices in ("auto", -1, "-1"):
+        name = resolved_accelerator(str(trainer.get("accelerator", "auto")))
+        name = "cuda" if name == "gpu" else name
+        count = AcceleratorRegistry[name]["accelerator"].auto_device_count() if name in ("cuda", "mps") else 1
+    elif isinstance(devices, ListConfig | list):
+        count = len(devices)
+    elif isinstance(devices, str) and "," in devices:
+        count = len([d for d in devices.split(",") if d.strip()])
+    else:
+        count = int(devices) if str(devices).isdigit() else 1
+    return max(count, 1) > 1 or trainer.get("num_nodes", 1) > 1
 
 
 def launches_command_line(trainer: DictConfig) -> bool:

@@ -107,13 +107,15 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     run_dir, ckpt = locate(cfg.ckpt_path)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
-    model = get_class(saved.model._target_).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
+    model = get_class(saved.model._target_)(**values["hyper_parameters"])
+    model.load_state_dict(values["state_dict"])
     model.eval()
     if model.hparams.get("num_embeddings"):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
         )
-    stats = load(ckpt).get(saved.data._target_.rsplit(".", 1)[-1])
+    stats = values.get(saved.data._target_.rsplit(".", 1)[-1])
     if stats is None:
         raise ConfigError(f"{ckpt} holds no input normalisation statistics of {saved.data._target_}")
     inputs = read_inputs(cfg, model.hparams.in_features)
