@@ -29,6 +29,15 @@ MINIBATCH = (
     "trainer.check_val_every_n_epoch=4",
     "callbacks.last_checkpoint.every_s=0",  # a checkpoint every epoch, so the kill lands between two
 )
+# Full-batch Adam: 100 epochs a Lightning step (max_steps counts epochs), validation every 100.
+FULL_BATCH = (
+    "data=regression",
+    "data.preset=generated",
+    "optimizer=adam",
+    "trainer=cpu",
+    "trainer.max_epochs=20000",
+    "callbacks.last_checkpoint.every_s=0",
+)
 
 
 def start_train(root, *args) -> subprocess.Popen:
@@ -51,20 +60,21 @@ def wait_for_epoch(run_root, epoch: int, proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path):
-    killed = start_train(tmp_path, *MINIBATCH)
+@pytest.mark.parametrize("args,steps", [(MINIBATCH, 60 * 64), (FULL_BATCH, 20000)], ids=["minibatch", "full"])
+def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path, args, steps):
+    killed = start_train(tmp_path, *args)
     wait_for_epoch(tmp_path, 3, killed)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
     [run] = run_dirs(tmp_path)
     stopped_at = load(run / "checkpoints" / "last.ckpt")["global_step"]
-    assert 0 < stopped_at < 60 * 64
+    assert 0 < stopped_at < steps
     run_train(tmp_path, f"resume={run}")
 
-    unbroken = compose_train(tmp_path / "unbroken", *MINIBATCH)
+    unbroken = compose_train(tmp_path / "unbroken", *args)
     train(unbroken)
     resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
-    assert resumed["global_step"] == reference["global_step"] == 60 * 64
+    assert resumed["global_step"] == reference["global_step"] == steps
     for key, value in reference["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
     adam_resumed, adam_reference = (c["optimizer_states"][0]["state"][0] for c in (resumed, reference))

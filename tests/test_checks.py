@@ -61,6 +61,13 @@ def test_validation_fraction_outside_0_1_is_refused_before_training(cfg_factory,
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
 
 
+def test_an_optimized_metric_the_run_never_logs_is_refused_before_training(cfg_factory, tmp_path):
+    cfg = cfg_factory("optimized_metric=val/mse")  # regression logs its MSE as val/loss
+    with pytest.raises(ConfigError, match="optimized_metric=val/mse is not a metric of this run: choose"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_good_settings_pass(cfg_factory):
     for overrides in (
         [],

@@ -121,7 +121,7 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
     code, err = finish(proc)
     assert code == 1 and "Traceback" not in err, err
     assert error_lines(err) == [
-        "error: stopped by Ctrl-C; each job's checkpoints/last.ckpt holds where it stopped"
+        "error: stopped by Ctrl-C; each run that had started training keeps its last.ckpt"
     ]
 
 

@@ -140,6 +140,8 @@ class LastCheckpoint(Callback):
             self.pending.replace(self.path)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:  # a killed run's uncommitted epoch end: not where this one resumed
+            self.pending.unlink(missing_ok=True)
         # A run stopped before its first save still has a checkpoint. Rank 0 decides for all: it may write
         # the file before another rank looks, and save_checkpoint ends in a barrier every rank must reach.
         if trainer.strategy.broadcast(not self.path.exists()):
@@ -162,5 +164,5 @@ class LastCheckpoint(Callback):
     ) -> None:
         if isinstance(exception, KeyboardInterrupt | SIGTERMException):
             self.save(trainer, pl_module)
-        else:  # diverged: the pending checkpoint of the last sound epoch end is the state to keep
-            self.commit(trainer)
+        elif trainer.is_global_zero:  # an epoch end that raised half-way (divergence commits at epoch start)
+            self.pending.unlink(missing_ok=True)

@@ -109,12 +109,14 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
 
 def check_resumable(values: dict, ckpt: Path, model: L.LightningModule) -> None:
     """Refuse a resume whose trainer overrides change how many epochs one Lightning step holds: the
-    checkpoint's loop counters are in its own units (trainer.devices or precision turn fusing off)."""
+    checkpoint's loop counters are in its own units (trainer.devices or precision turn fusing off; the
+    validation interval, capped by max_epochs, sets the step's length)."""
     saved, built = values.get("hyper_parameters", {}).get("epochs_per_step", 1), model.hparams.epochs_per_step
     if saved != built:
         raise ConfigError(
             f"{ckpt} ran {saved} epochs per Lightning step and these settings give {built} "
-            "(trainer.devices, trainer.precision or epochs_per_step changed): resume with the run's own"
+            "(trainer.devices, trainer.precision, trainer.max_epochs or trainer.check_val_every_n_epoch "
+            "changed): resume with the run's own"
         )
 
 
@@ -145,7 +147,8 @@ class ResumeState(Callback):
 
     Lightning marks an epoch completed only after its on_train_epoch_end hooks, where last.ckpt is saved;
     resumed from such a checkpoint it replays the epoch's end and counts that epoch twice (one epoch
-    short, logging steps shifted by one). The epoch's remaining work is logging and flushing."""
+    short, logging steps shifted by one). The epoch's remaining work is logging and flushing, which
+    LastCheckpoint waits for before the file becomes last.ckpt."""
 
     def state_dict(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
@@ -159,7 +162,14 @@ class ResumeState(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        progress = checkpoint["loops"]["fit_loop"]["epoch_progress"]
+        loops = checkpoint["loops"]["fit_loop"]
+        progress = loops["epoch_progress"]
+        if progress["total"]["processed"] != progress["total"]["completed"] + 1:
+            return  # not saved inside on_train_epoch_end
         for counts in progress.values():  # total and current
-            if counts["processed"] == counts["completed"] + 1:  # saved inside on_train_epoch_end
-                counts["completed"] += 1
+            counts["completed"] = counts["processed"]
+        # And no batch of the next epoch has run: with max_steps (full-batch data) Lightning restores as
+        # mid-epoch, and from this epoch's finished batch count it would run the next epoch empty.
+        batches = loops["epoch_loop.batch_progress"]
+        batches["current"] = dict.fromkeys(batches["current"], 0)
+        batches["is_last_batch"] = False

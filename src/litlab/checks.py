@@ -158,7 +158,7 @@ def example(key: str, hint: object) -> str:
 
 
 def check_top_level(cfg: DictConfig) -> None:
-    counts = ("epochs_per_step", "log_every_n_epochs", "batches_per_step")
+    counts = [k for k in ("epochs_per_step", "log_every_n_epochs", "batches_per_step") if k in cfg]
     for key, hint in (("seed", int), *((k, int) for k in counts), ("optimized_metric", str)):
         if not fits(cfg[key], hint):
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")

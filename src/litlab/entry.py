@@ -40,7 +40,7 @@ def run(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:  # here in a parallel sweep's main process; a job stops by itself (SystemExit)
         if FULL_ERROR:
             raise
-        sys.exit("error: stopped by Ctrl-C; each job's checkpoints/last.ckpt holds where it stopped")
+        sys.exit("error: stopped by Ctrl-C; each run that had started training keeps its last.ckpt")
     except Exception as e:
         if FULL_ERROR or (message := one_line(e)) is None:
             raise

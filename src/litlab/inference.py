@@ -1,5 +1,6 @@
 """Use a trained run: evaluate a checkpoint on its held-out splits, or predict from new inputs."""
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -108,7 +109,9 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     run_dir, ckpt = locate(cfg.ckpt_path)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
     values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
-    model = get_class(saved.model._target_)(**values["hyper_parameters"])
+    cls = get_class(saved.model._target_)
+    accepted = inspect.signature(cls).parameters  # as load_from_checkpoint: constructor arguments only
+    model = cls(**{k: v for k, v in values["hyper_parameters"].items() if k in accepted})
     model.load_state_dict(values["state_dict"])
     model.eval()
     if model.hparams.get("num_embeddings"):

@@ -135,7 +135,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         )
         if fuse and data.full_batch
         else 1,
-        log_every_n_epochs=cfg.log_every_n_epochs,
+        log_every_n_epochs=cfg.get("log_every_n_epochs", 50),  # runs saved before it existed: 50
         **data.model_kwargs(),
     )
     return data, model
@@ -147,6 +147,13 @@ def train(cfg: DictConfig) -> float:
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     check_config(cfg)
     data, model = build(cfg)
+    logged = {"train/loss", "val/loss", "train/gap", "train/optimum_loss"}
+    logged |= {*model.train_metrics, *model.val_metrics}
+    if cfg.optimized_metric not in logged:  # else EarlyStopping fails at the first check, mid-run
+        raise ConfigError(
+            f"optimized_metric={cfg.optimized_metric} is not a metric of this run: "
+            f"choose one of {', '.join(sorted(logged))}"
+        )
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
         check_compatible(saved, resume_ckpt, model, data)

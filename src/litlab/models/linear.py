@@ -147,6 +147,10 @@ class LinearModel(L.LightningModule):
         # minibatch data arrives as a list of consecutive minibatches (train() sets batches_per_step);
         # full-batch data as the whole set, stepped epochs_per_step times, i.e. that many epochs, capped
         # by max_steps (train() sets it to the epoch count) so that the total is exact.
+        # TensorBoard's step is Lightning's count of stepped batches, which here equals the optimizer steps
+        # before this one. Resumed under max_steps from an epoch-end checkpoint, Lightning first runs an
+        # empty iteration that counts one batch more: the two are re-aligned here.
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
         minibatches = isinstance(batch, list)
         if minibatches:
             steps = batch
