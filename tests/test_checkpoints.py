@@ -85,6 +85,19 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     assert [e.value for e in logged] == [e.value for e in expected]
 
 
+def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
+    short = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=200", "optimizer=adam")
+    train(short)
+    run = tmp_path / "run"
+    run_train(tmp_path, f"resume={run}", "trainer.max_epochs=400")  # trainer.* overrides a saved run
+    unbroken = compose_train(tmp_path / "unbroken", "trainer=cpu", "trainer.max_epochs=400", "optimizer=adam")
+    train(unbroken)
+    resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
+    assert resumed["global_step"] == reference["global_step"] == 400
+    for key, value in reference["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+
+
 def test_resume_of_a_finished_run_reloads_its_config_and_changes_nothing(tmp_path):
     first = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=150", "optimizer.lr=0.05")
     loss = train(first)

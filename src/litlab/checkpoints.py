@@ -164,12 +164,13 @@ class ResumeState(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         loops = checkpoint["loops"]["fit_loop"]
         progress = loops["epoch_progress"]
-        if progress["total"]["processed"] != progress["total"]["completed"] + 1:
-            return  # not saved inside on_train_epoch_end
-        for counts in progress.values():  # total and current
-            counts["completed"] = counts["processed"]
-        # And no batch of the next epoch has run: with max_steps (full-batch data) Lightning restores as
-        # mid-epoch, and from this epoch's finished batch count it would run the next epoch empty.
-        batches = loops["epoch_loop.batch_progress"]
-        batches["current"] = dict.fromkeys(batches["current"], 0)
-        batches["is_last_batch"] = False
+        if progress["total"]["processed"] == progress["total"]["completed"] + 1:  # in on_train_epoch_end
+            for counts in progress.values():  # total and current
+                counts["completed"] = counts["processed"]
+        total, batches = progress["total"], loops["epoch_loop.batch_progress"]
+        if total["ready"] == total["completed"] and batches["is_last_batch"]:  # at an epoch's end
+            # No batch of the next epoch has run: with max_steps (full-batch data) Lightning restores as
+            # mid-epoch, and from this epoch's finished batch count it would run the next epoch empty
+            # (also when a finished run is resumed with more trainer.max_epochs).
+            batches["current"] = dict.fromkeys(batches["current"], 0)
+            batches["is_last_batch"] = False
