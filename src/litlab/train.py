@@ -127,14 +127,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
         cfg.data, family=cfg.model.family, batches_per_step=cfg.batches_per_step if fuse else 1
     )
     data.setup("fit")  # sizes and task come from the data before the model exists
+    epochs_per_step = 1
+    if fuse and data.full_batch:
+        val_every = val_interval(cfg.trainer) if "val" in data.splits else None
+        epochs_per_step = epochs_per_lightning_step(cfg.epochs_per_step, val_every)
     model = instantiate(
         cfg.model,
         optimizer=instantiate(cfg.optimizer),
-        epochs_per_step=epochs_per_lightning_step(
-            cfg.epochs_per_step, val_interval(cfg.trainer) if "val" in data.splits else None
-        )
-        if fuse and data.full_batch
-        else 1,
+        epochs_per_step=epochs_per_step,
         log_every_n_epochs=cfg.get("log_every_n_epochs", 50),  # runs saved before it existed: 50
         **data.model_kwargs(),
     )

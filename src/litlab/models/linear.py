@@ -105,7 +105,7 @@ class LinearModel(L.LightningModule):
             )
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer = optimizer
-        self.loss_fn = LOSSES[task]  # chosen once: the fused loop below calls it thousands of times
+        self.loss_fn = LOSSES[task]  # chosen once: the fused loop calls loss() thousands of times
         self.automatic_optimization = False  # epochs_per_step optimizer steps per batch, see training_step
         # num_embeddings: the inputs are indices of one-hot features (text), looked up, never multiplied
         if num_embeddings:
@@ -147,10 +147,6 @@ class LinearModel(L.LightningModule):
         # minibatch data arrives as a list of consecutive minibatches (train() sets batches_per_step);
         # full-batch data as the whole set, stepped epochs_per_step times, i.e. that many epochs, capped
         # by max_steps (train() sets it to the epoch count) so that the total is exact.
-        # TensorBoard's step is Lightning's count of stepped batches, which here equals the optimizer steps
-        # before this one. Resumed under max_steps from an epoch-end checkpoint, Lightning first runs an
-        # empty iteration that counts one batch more: the two are re-aligned here.
-        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.global_step
         minibatches = isinstance(batch, list)
         if minibatches:
             steps = batch
@@ -167,7 +163,7 @@ class LinearModel(L.LightningModule):
         losses = []  # each step's loss, for DivergenceGuard to read once per Lightning step
         for x, y in steps[:-1]:
             out = self(x)
-            loss = self.loss_fn(out, y)
+            loss = self.loss(out, y)
             losses.append(loss.detach())
             if track and minibatches:
                 self.update_metrics(self.train_metrics, out.detach(), y)
@@ -176,7 +172,7 @@ class LinearModel(L.LightningModule):
             opt.optimizer.step()
         x, y = steps[-1]
         out = self(x)
-        loss = self.loss_fn(out, y)
+        loss = self.loss(out, y)
         losses.append(loss.detach())
         losses = torch.stack(losses)
         if track:
@@ -184,8 +180,7 @@ class LinearModel(L.LightningModule):
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()
-        if len(steps) > 1:
-            self.count_fused_steps(len(steps) - 1)
+        self.count_fused_steps(len(steps) - 1)
         # The loss of this step's data: over a group, the minibatches' size-weighted mean; on full-batch
         # data, the last epoch's (the earlier ones are history, as in a plain loop's last print).
         sizes = torch.tensor([len(b[0]) for b in steps] if minibatches else [len(x)], device=losses.device)
@@ -213,11 +208,15 @@ class LinearModel(L.LightningModule):
 
     def count_fused_steps(self, n: int) -> None:
         """Credit n plain-torch optimizer steps to Lightning's counters: global_step (what max_steps and
-        checkpoints count) and the logging step, so TensorBoard's x-axis is optimizer steps (epochs)."""
+        checkpoints count) and the logging step, so TensorBoard's x-axis is optimizer steps (epochs).
+
+        The logging step is set from global_step rather than counted up: Lightning adds this batch once
+        the step ends, and, resumed under max_steps from an epoch-end checkpoint, it first runs an empty
+        iteration that counts one batch more."""
         loop = self.trainer.fit_loop.epoch_loop
         loop.manual_optimization.optim_step_progress.total.increment_by(n)
         loop.manual_optimization.optim_step_progress.current.increment_by(n)
-        loop._batches_that_stepped += n
+        loop._batches_that_stepped = self.global_step - 1
 
     def is_metrics_epoch(self) -> bool:
         """Whether this epoch logs more than the loss: where validation runs, and at the end.
