@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -29,7 +30,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def compose_train(root: Path, *overrides: str) -> DictConfig:
     """The config `python train.py <overrides>` would run, writing below root instead of ./logs."""
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides])
+        cfg = compose("train", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+    with open_dict(cfg):  # as in a run, the choices (model=...) name what the user typed; no overrides typed
+        cfg.hydra.overrides.task = []
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     cfg.paths.output_dir = str(root / "run")  # what Hydra's run dir would be
     (root / "run").mkdir(parents=True, exist_ok=True)
     return cfg
@@ -39,10 +45,11 @@ def run_train(
     root: Path, *args: str, script: str = "train.py", check: bool = True
 ) -> subprocess.CompletedProcess:
     """`python train.py args` in a subprocess with its logs under root."""
+    flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / script), f"paths.root_dir={root}", *args],
+        [sys.executable, str(ROOT / script), *flags, f"paths.root_dir={root}", *overrides],
         cwd=root,
         env=env,
         capture_output=True,

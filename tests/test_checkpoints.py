@@ -107,7 +107,7 @@ def test_resume_of_a_finished_run_reloads_its_config_and_changes_nothing(tmp_pat
     assert train(again) == pytest.approx(loss, rel=1e-6)
     after = load(run / "checkpoints" / "last.ckpt")
     assert after["global_step"] == before["global_step"] == 150
-    assert torch.equal(after["state_dict"]["linear.weight"], before["state_dict"]["linear.weight"])
+    assert torch.equal(after["state_dict"]["net.weight"], before["state_dict"]["net.weight"])
     assert OmegaConf.load(run / "config.yaml").optimizer.lr == 0.05
 
 

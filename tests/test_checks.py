@@ -34,7 +34,7 @@ BAD = [
     (["trainer=cpu", "trainer.devices=[0]"], "on cpu must be a number of processes"),
     (["callbacks.early_stopping.patience=soon"], "patience='soon' is not an integer"),
     (["seed=abc"], "seed='abc' is not an integer"),
-    (["epochs_per_step=0"], "epochs_per_step=0 must be >= 1"),
+    (["stepping=fast", "stepping.epochs=0"], "stepping.epochs=0 must be a whole number >= 1"),
     (["optimized_mode=biggest"], "optimized_mode='biggest' must be min or max"),
     (["data.val_fraction=0"], "data.val_fraction=0 leaves no validation split"),
 ]
@@ -91,7 +91,9 @@ def composition_error(*overrides: str) -> str:
 
 
 def test_hydra_composition_errors_become_one_line():
-    assert composition_error("model=foo") == "there is no model=foo: the model options are linear, logistic"
+    assert (
+        composition_error("model=foo") == "there is no model=foo: the model options are linear, logistic, mlp"
+    )
     assert "did you mean seed?" in composition_error("sed=1")
     message = composition_error("optimizer=adam", "optimizer.momentum=0.9")
     assert message.startswith(
@@ -114,7 +116,6 @@ SPACE = {
     "data.val_fraction": (["0.2", "0.5"], ["1", "1.5", "-0.1", "half"]),
     "data.scaling": (["standardize", "none", "0.1"], ["-1", "banana"]),
     "seed": (["0", "7"], ["abc"]),
-    "epochs_per_step": (["1", "50"], ["0"]),
     "callbacks": (["default", "none"], []),
     "callbacks.progress_bar": (["null"], []),
     "+optimizer.lrr": ([], ["0.1"]),

@@ -18,7 +18,7 @@ from litlab.data.regression import POINTS30_Y, generate
 from litlab.train import train
 from tests.conftest import compose_train
 
-POINTS30 = ("data=regression", "data.preset=points30", "trainer=cpu")
+POINTS30 = ("data=regression", "data.preset=points30", "trainer=cpu", "stepping=fast")
 
 
 def fit(root: Path, *overrides: str) -> Path:
@@ -82,7 +82,7 @@ def test_gap_reaches_zero_for_a_long_sgd_run_and_stays_positive_for_a_short_one(
     acc = read_events(runs[3000])
     loss, gap = acc.Scalars("train/loss"), acc.Scalars("train/gap")
     # The start, then beside train/loss wherever the other metrics log too: without a validation split,
-    # at the end of each Lightning step (epochs_per_step: 250 epochs); train/loss itself logs every 50.
+    # at the end of each Lightning step (stepping.epochs: 250); train/loss itself logs every 50.
     assert [e.step for e in loss] == list(range(49, 3000, 50))
     at_metrics = [e for e in loss if (e.step + 1) % 250 == 0]
     assert [e.step for e in gap] == [0] + [e.step for e in at_metrics]
@@ -98,7 +98,7 @@ def test_fitted_line_frames_and_gif_have_one_frame_per_recorded_epoch(tmp_path):
     assert image_sizes(acc, "fit/line") == [(100, 640, 480), (200, 640, 480), (250, 640, 480)]
     gif = iio.imread(run / "fit.gif", index=None)
     assert gif.shape == (3, 480, 640, 3)
-    assert [e.step for e in acc.Histograms("params/linear.weight")] == [100, 200, 250]
+    assert [e.step for e in acc.Histograms("params/net.weight")] == [100, 200, 250]
     config = acc.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "preset: points30" in config and "_target_: litlab.cockpit.FitPictures" in config
 
@@ -127,7 +127,7 @@ def test_fused_steps_log_the_train_loss_every_50_epochs_as_unfused_steps_do(tmp_
     # straight to the loggers, the step's last through self.log; both equal one-epoch steps' values.
     common = (*POINTS30, "trainer.max_epochs=330", "callbacks=none")
     fused = read_events(fit(tmp_path / "fused", *common)).Scalars("train/loss")
-    plain = read_events(fit(tmp_path / "plain", *common, "epochs_per_step=1")).Scalars("train/loss")
+    plain = read_events(fit(tmp_path / "plain", *common, "stepping=lightning")).Scalars("train/loss")
     assert [e.step for e in fused] == [49, 99, 149, 199, 249, 299, 329]  # and the last epoch
     by_step = {e.step: e.value for e in plain}
     assert [e.value for e in fused] == [by_step[e.step] for e in fused]

@@ -6,7 +6,8 @@ import math
 import pytest
 
 from litlab.errors import user_error
-from litlab.train import lightning_schedule, train
+from litlab.stepping import FastSteps
+from litlab.train import train
 from tests.conftest import CONF
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra")
@@ -51,12 +52,14 @@ def test_logistic_without_data_choice_trains_on_classification_data(cfg_factory)
     assert cfg_factory("model=logistic", "data=temperature").data._target_.endswith("TemperatureData")
 
 
-def test_schedule_counts_user_epochs():
-    cfg = cfg_factory_trainer = {"max_epochs": 5000, "check_val_every_n_epoch": 100}
-    from omegaconf import OmegaConf
-
-    s = lightning_schedule(OmegaConf.create(cfg_factory_trainer), 50, has_val=True)
-    assert s == {"max_epochs": 100, "max_steps": 5000, "check_val_every_n_epoch": 2}
-    s = lightning_schedule(OmegaConf.create(cfg), 1, has_val=False)
-    assert s["max_epochs"] == 5000 and s["max_steps"] == -1 and s["limit_val_batches"] == 0
-    assert s["check_val_every_n_epoch"] == 100
+def test_fast_steps_plan_the_trainer_in_lightning_units():
+    trainer = {"max_epochs": 5000, "check_val_every_n_epoch": 100, "gradient_clip_val": 0.5}
+    fast = FastSteps(epochs=50)
+    s = fast.plan(trainer, full_batch=True, has_val=True, batches_per_epoch=1)
+    assert s == {"max_epochs": -1, "max_steps": 5000, "check_val_every_n_epoch": 2}  # clipping: done by fast
+    assert fast.clip == (0.5, "norm") and fast.epochs_per_step == 50
+    fast = FastSteps(epochs=250)
+    s = fast.plan({**trainer, "check_val_every_n_epoch": 30}, True, True, 1)
+    assert fast.epochs_per_step == 30 and s["check_val_every_n_epoch"] == 1  # 30 divides 30
+    s = FastSteps().plan({**trainer, "max_steps": 70, "min_epochs": 20}, False, True, batches_per_epoch=3)
+    assert s["max_epochs"] == 5000 and s["max_steps"] == 70 and s["min_epochs"] == 20

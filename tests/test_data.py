@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from litlab.data.base import TensorBatches
+from litlab.data.base import TaskMismatch, TensorBatches
 from litlab.data.regression import RegressionData, generate, noisy100
 from litlab.data.temperature import T_C, T_U, TemperatureData
 from litlab.errors import ConfigError
@@ -56,17 +56,17 @@ def test_generated_classification_labels_follow_a_logistic_model():
 
 
 def test_presets_pose_the_right_task():
-    assert RegressionData(preset="toy6", family="logistic").task == "binary"
-    assert RegressionData(preset="double", family="linear").task == "regression"
-    with pytest.raises(ConfigError, match="classification task"):
-        RegressionData(preset="toy6", family="linear")
+    assert RegressionData(preset="toy6").task == "binary"
+    assert RegressionData(preset="double").task == "regression"
+    with pytest.raises(TaskMismatch, match="poses a binary task: for a regression target use data.preset"):
+        RegressionData(preset="toy6", tasks=["regression"])
     with pytest.raises(ConfigError, match="preset='nope'"):
         RegressionData(preset="nope")
 
 
 def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
     x = torch.arange(10.0).unsqueeze(1)
-    batches = TensorBatches(x, x, batch_size=3, shuffle=True, seed=0)
+    batches = TensorBatches(x, x, batch_size=3, shuffle="rows", seed=0)
     epochs = [torch.cat([b for b, _ in batches]).squeeze(1) for _ in range(3)]
     assert len(batches) == 4
     for e in epochs:
@@ -76,6 +76,6 @@ def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
 
 def test_ddp_ranks_get_equal_disjoint_shards():
     x = torch.arange(11.0).unsqueeze(1)
-    shards = [TensorBatches(x, x, 100, False, 0, rank=r, world_size=2) for r in (0, 1)]
+    shards = [TensorBatches(x, x, 100, None, 0, rank=r, world_size=2) for r in (0, 1)]
     rows = [torch.cat([b for b, _ in s]).squeeze(1).tolist() for s in shards]
     assert len(rows[0]) == len(rows[1]) == 5 and not set(rows[0]) & set(rows[1])

@@ -45,7 +45,7 @@ def test_eval_reproduces_the_metrics_the_run_logged(tmp_path):
 
 def test_predict_on_the_temperature_run_answers_in_celsius(temperature_run, tmp_path):
     state = load(temperature_run / "checkpoints" / "last.ckpt")["state_dict"]
-    w, b = state["linear.weight"].item(), state["linear.bias"].item()
+    w, b = state["net.weight"].item(), state["net.bias"].item()
     assert w == pytest.approx(5.37, abs=0.2) and b == pytest.approx(-17.3, abs=1.5)  # the book's w, b
     table = predict(
         compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[81.9],[35.7]]")
@@ -93,7 +93,7 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(temperature_run, tmp
         tmp_path / "run" / "checkpoints" / "last.ckpt", temperature_run / "checkpoints" / "other.ckpt"
     )
     ckpt = temperature_run / "checkpoints" / "other.ckpt"
-    with pytest.raises(ConfigError, match=r"holds a logistic model \(binary, 2 input\(s\)") as error:
+    with pytest.raises(ConfigError, match=r"holds a model \(binary, 2 input\(s\)") as error:
         evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={ckpt}"))
     assert "\n" not in str(error.value)
     ckpt.unlink()

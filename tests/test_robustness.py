@@ -144,7 +144,7 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(cfg_factory, tmp_pa
         train(cfg)
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())["metrics"]
         last = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
-        return metrics, last["state_dict"]["linear.weight"]
+        return metrics, last["state_dict"]["net.weight"]
 
     a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
     assert a[0] == b[0] and torch.equal(a[1], b[1])
@@ -155,10 +155,10 @@ def test_another_seed_gives_another_split_and_initialisation(cfg_factory):
     def split_and_init(seed: int):
         cfg = cfg_factory(f"seed={seed}")
         L.seed_everything(cfg.seed, verbose=False)  # as train() does, before building data and model
-        data = instantiate(cfg.data, family="linear")
+        data = instantiate(cfg.data, tasks=["regression"])
         data.setup("fit")
         model = instantiate(cfg.model, task="regression", in_features=1, out_features=1)
-        return data.splits["val"][1].flatten().tolist(), model.linear.weight.item()
+        return data.splits["val"][1].flatten().tolist(), model.net.weight.item()
 
     assert split_and_init(5) == split_and_init(5)
     (val_a, w_a), (val_b, w_b) = split_and_init(5), split_and_init(6)

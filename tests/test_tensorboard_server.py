@@ -61,6 +61,7 @@ def tensorboard(tmp_path):
         "trainer=cpu",
         "trainer.max_epochs=100",
         "trainer.check_val_every_n_epoch=50",
+        "stepping=fast",
     )
     train(cfg)
     port = free_port()
@@ -99,7 +100,7 @@ def test_tensorboard_serves_scalars_hparams_and_images(tensorboard, tmp_path):
         {"experimentName": "", "allowedStatuses": ALL_STATUSES, "startIndex": 0, "sliceSize": 10},
     )["sessionGroups"]
     [group] = [g for g in groups if g["name"] == run]
-    assert group["hparams"]["model.family"] == "logistic" and group["hparams"]["optimizer"] == "SGD"
+    assert group["hparams"]["model.net.init_bias"] == "None" and group["hparams"]["optimizer"] == "SGD"
     metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
     assert metrics["final/val/loss"] == pytest.approx(final["val/loss"])
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from litlab.data.base import TaskMismatch
 from litlab.data.text import ASCII, TextData, ascii_codes, read_book, windows, words_of
 from litlab.errors import ConfigError
-from litlab.models.linear import OneHotLinear
+from litlab.nets import Linear
 from litlab.train import train
 from tests.conftest import SHARED_DATA, needs_real_data
 
@@ -19,7 +20,7 @@ PATH = SHARED_DATA / "jane-austen" / "1342-0.txt"
 
 
 def text(**kwargs) -> TextData:
-    data = TextData(str(PATH), family="logistic", **kwargs)
+    data = TextData(str(PATH), **kwargs)
     data.setup()
     return data
 
@@ -61,8 +62,8 @@ def test_char_splits_are_contiguous_and_disjoint():
     n = len(codes) - 3
     assert (len(y), len(y_val)) == (n - round(0.2 * n), round(0.2 * n))
     assert torch.equal(torch.cat([y, y_val]), codes[3:])  # every target once, train strictly before val
-    assert torch.equal(x[:, 0], codes[: len(y)]) and data.model_kwargs()["num_embeddings"] == 3 * ASCII
-    assert data.out_features == ASCII and data.in_features == 3
+    assert torch.equal(x[:, 0], codes[: len(y)]) and data.model_kwargs()["in_features"] == 3 * ASCII
+    assert data.out_features == ASCII and data.in_features == 3 * ASCII  # the one-hot width
 
 
 def test_vocabularies_come_from_the_training_text_only():
@@ -76,22 +77,20 @@ def test_vocabularies_come_from_the_training_text_only():
     assert (words.splits["val"][1] == 0).float().mean() > 0.1  # rarer words are unknown
 
 
-def test_one_hot_linear_is_one_hot_times_weight():
-    layer = OneHotLinear(2 * 5, 3)
-    torch.nn.init.normal_(layer.weight)
-    torch.nn.init.normal_(layer.bias)
+def test_linear_on_indices_is_one_hot_times_weight():
+    layer = Linear(2 * 5, 3)
     x = torch.tensor([[1, 5 + 4], [0, 5 + 0]])  # k = 2 positions of a 5-symbol vocabulary
     one_hot = F.one_hot(x, 10).sum(1).float()
-    torch.testing.assert_close(layer(x), one_hot @ layer.weight + layer.bias)
+    torch.testing.assert_close(layer(x), one_hot @ layer.weight.T + layer.bias)
 
 
 def test_unfitting_settings_are_refused():
-    with pytest.raises(ConfigError, match="model=linear cannot fit it: use model=logistic"):
-        TextData(str(PATH), family="linear")
+    with pytest.raises(TaskMismatch, match="poses a multiclass task"):
+        TextData(str(PATH), tasks=["regression"])
     with pytest.raises(ConfigError, match="data.scaling must stay none"):
-        TextData(str(PATH), family="logistic", scaling="standardize")
+        TextData(str(PATH), scaling="standardize")
     with pytest.raises(ConfigError, match="context >= 1"):
-        TextData(str(PATH), family="logistic", context=0)
+        TextData(str(PATH), context=0)
 
 
 def test_short_run_beats_unigram_frequencies(cfg_factory, tmp_path):

@@ -14,6 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from litlab.errors import Diverged
+from litlab.stepping import data_epoch, fused_epochs, max_data_epochs
 
 
 class EpochProgressBar(ProgressBar):
@@ -34,15 +35,14 @@ class EpochProgressBar(ProgressBar):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
         if self._enabled and trainer.is_global_zero and not in_sweep:
-            # With epochs_per_step > 1, train() sets max_steps to the epoch count (one step per epoch).
-            total = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs
-            self.bar = tqdm(total=total, desc="epochs", unit="ep", dynamic_ncols=True, leave=True)
+            self.bar = tqdm(
+                total=max_data_epochs(trainer), desc="epochs", unit="ep", dynamic_ncols=True, leave=True
+            )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.bar is None:
             return
-        done = trainer.global_step if trainer.max_steps > 0 else trainer.current_epoch + 1
-        self.bar.update(done - self.bar.n)
+        self.bar.update(data_epoch(trainer) - self.bar.n)
         shown = {
             k: f"{float(v):.4g}"
             for k, v in trainer.callback_metrics.items()
@@ -63,7 +63,12 @@ class EpochProgressBar(ProgressBar):
 
 class DivergenceGuard(Callback):
     """Stop at the first epoch whose training loss is not finite, or (with growth_factor) that many times
-    the lowest loss so far; the exact epoch is found also inside a step that fused several epochs."""
+    the lowest loss so far; under stepping=fast it checks every optimizer step of a Lightning step
+    (`losses` in the step's output) and finds the exact epoch."""
+
+    fast_steps_aware = (
+        True  # its on_train_batch_end reads every optimizer step's loss (src/litlab/stepping.py)
+    )
 
     def __init__(self, growth_factor: float | None = None):
         super().__init__()
@@ -82,24 +87,22 @@ class DivergenceGuard(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx
     ) -> None:
-        losses = outputs["epoch_losses"]
+        losses = outputs["losses"] if "losses" in outputs else outputs["loss"].detach().reshape(1)
         bad, lowest = self.bad_epochs(losses)
         first = torch.where(bad.any(), bad.int().argmax(), len(losses)).float()
         first = int(trainer.strategy.reduce(first, reduce_op="min"))  # one host sync; all ranks stop together
         if first == len(losses):
             self.lowest = lowest[-1]
             return
-        full_batch = trainer.datamodule.full_batch  # then every optimizer step is one epoch
         start = trainer.global_step - len(losses)
         loss = float(losses[first])
-        if (
-            full_batch and len(losses) > 1
-        ):  # the fused epochs up to the bad one, as one epoch per step would log
+        fused = fused_epochs(trainer)  # then every optimizer step of the Lightning step is one epoch
+        if fused and len(losses) > 1:  # the fused epochs up to the bad one, as one epoch per step would log
             for logger in trainer.loggers:
                 for i, value in enumerate(losses[: first + 1].tolist()):
                     logger.log_metrics({"train/loss": value}, step=start + i)
         why = "" if not math.isfinite(loss) else f", {loss / float(lowest[first]):.3g} times its lowest"
-        raise Diverged(start + first + 1 if full_batch else trainer.current_epoch + 1, loss, why)
+        raise Diverged(start + first + 1 if fused else data_epoch(trainer), loss, why)
 
 
 class LastCheckpoint(Callback):
@@ -112,6 +115,8 @@ class LastCheckpoint(Callback):
     An epoch end's checkpoint is written beside last.ckpt and renamed over it when the next epoch starts:
     Lightning logs an epoch's training metrics after the callbacks' epoch end, so a kill in between
     leaves the previous last.ckpt, whose epochs are all in the logs."""
+
+    fast_steps_aware = True  # counts data epochs and optimizer steps (src/litlab/stepping.py)
 
     def __init__(self, dirpath: str, every_s: float = 10.0):
         super().__init__()

@@ -10,12 +10,13 @@ from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.errors import ConfigError
+from litlab.stepping import FastSteps
 
 log = logging.getLogger(__name__)
 
 # Keys of the entry points themselves, never part of a run's saved setup.
 ENTRY_KEYS = ("resume", "ckpt_path", "inputs", "input_file", "task_name", "paths", "hydra")
-SHAPE_KEYS = ("family", "task", "in_features", "out_features")
+SHAPE_KEYS = ("task", "in_features", "out_features")
 
 
 def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
@@ -80,9 +81,9 @@ def saved_config(
 
 
 def describe(hparams: dict) -> str:
-    """'linear model (regression, 1 input -> 1 output)' from a model's hparams."""
+    """'model (regression, 1 input(s) -> 1 output(s))' from a model's hparams."""
     return (
-        f"{hparams.get('family')} model ({hparams.get('task')}, {hparams.get('in_features')} input(s) -> "
+        f"model ({hparams.get('task')}, {hparams.get('in_features')} input(s) -> "
         f"{hparams.get('out_features')} output(s))"
     )
 
@@ -107,16 +108,18 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
         )
 
 
-def check_resumable(values: dict, ckpt: Path, model: L.LightningModule) -> None:
-    """Refuse a resume whose trainer overrides change how many epochs one Lightning step holds: the
-    checkpoint's loop counters are in its own units (trainer.devices or precision turn fusing off; the
-    validation interval, capped by max_epochs, sets the step's length)."""
-    saved, built = values.get("hyper_parameters", {}).get("epochs_per_step", 1), model.hparams.epochs_per_step
+def check_resumable(values: dict, ckpt: Path, fast: FastSteps | None) -> None:
+    """Refuse a resume whose settings change how many epochs or minibatches one Lightning step holds: the
+    checkpoint's loop counters are in its own units (stepping=, trainer.max_epochs and
+    trainer.check_val_every_n_epoch set the length of a fast step)."""
+    off = {"epochs_per_step": 1, "batches": 1}
+    saved = values.get("callbacks", {}).get(FastSteps.__qualname__, off)
+    built = fast.state_dict() if fast is not None else off
     if saved != built:
         raise ConfigError(
-            f"{ckpt} ran {saved} epochs per Lightning step and these settings give {built} "
-            "(trainer.devices, trainer.precision, trainer.max_epochs or trainer.check_val_every_n_epoch "
-            "changed): resume with the run's own"
+            f"{ckpt} ran {saved['epochs_per_step']} epochs or {saved['batches']} minibatches per Lightning "
+            f"step and these settings give {built['epochs_per_step']} and {built['batches']} (stepping, "
+            "trainer.max_epochs or trainer.check_val_every_n_epoch changed): resume with the run's own"
         )
 
 
@@ -137,8 +140,9 @@ def logger_kwargs(logger_cfg: DictConfig, values: dict | None) -> dict:
     so the resumed run logs every step once. `values`: the loaded checkpoint being resumed, or None."""
     if values is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
         return {}
-    epoch_loop = values["loops"]["fit_loop"]["epoch_loop.state_dict"]
-    return {"purge_step": epoch_loop["_batches_that_stepped"]}  # the step the logs continue from
+    return {
+        "purge_step": values["global_step"]
+    }  # the step the logs continue from: they count optimizer steps
 
 
 class ResumeState(Callback):

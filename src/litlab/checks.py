@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object
 from lightning.pytorch.accelerators import AcceleratorRegistry
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from litlab.errors import ConfigError
 
@@ -28,6 +28,9 @@ def check_config(cfg: DictConfig) -> None:
     for where, node in targets(cfg):
         check_arguments(where, node)
     check_optimizer(cfg.optimizer)
+    for key, value in (cfg.get("stepping") or {}).items():
+        if key in ("epochs", "batches", "log_every_n_epochs") and not (fits(value, int) and value >= 1):
+            raise ConfigError(f"stepping.{key}={value} must be a whole number >= 1")
     check_trainer(cfg.trainer)
     fraction = cfg.data.get("val_fraction", 0.2)
     if not 0 <= fraction < 1:
@@ -48,6 +51,10 @@ def targets(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
     """(key path, node) of every config node that Hydra instantiates."""
     for group in ("data", "model", "optimizer", "trainer"):
         yield group, cfg[group]
+    for group in ("scheduler", "stepping", "model.net"):
+        node = OmegaConf.select(cfg, group)
+        if isinstance(node, DictConfig) and "_target_" in node:
+            yield group, node
     for group in ("logger", "callbacks"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
@@ -158,13 +165,9 @@ def example(key: str, hint: object) -> str:
 
 
 def check_top_level(cfg: DictConfig) -> None:
-    counts = [k for k in ("epochs_per_step", "log_every_n_epochs", "batches_per_step") if k in cfg]
-    for key, hint in (("seed", int), *((k, int) for k in counts), ("optimized_metric", str)):
+    for key, hint in (("seed", int), ("optimized_metric", str)):
         if not fits(cfg[key], hint):
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
-    for key in counts:
-        if cfg[key] < 1:
-            raise ConfigError(f"{key}={cfg[key]} must be >= 1")
     if cfg.optimized_mode not in ("min", "max"):
         raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
 

@@ -18,6 +18,9 @@ from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 
+from litlab.models.task import Model
+from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
+
 log = logging.getLogger(__name__)
 
 
@@ -96,17 +99,24 @@ class OptimumGap(L.Callback):
     """train/optimum_loss, the best loss a linear model reaches on the training split, and
     train/gap = train/loss - optimum: whether the optimizer has converged or is still far away."""
 
-    def __init__(self, lbfgs_max_rows: int = 100_000, lbfgs_max_iter: int = 500):
+    fast_steps_aware = True  # counts data epochs and optimizer steps (src/litlab/stepping.py)
+
+    def __init__(self, lstsq_max_rows: int = 1_000_000, lbfgs_max_rows: int = 100_000, lbfgs_max_iter: int = 500):
+        self.lstsq_max_rows = lstsq_max_rows
         self.lbfgs_max_rows = lbfgs_max_rows
         self.lbfgs_max_iter = lbfgs_max_iter
         self.optimum: float | None = None
 
-    def reference(self, pl_module: L.LightningModule, x: Tensor, y: Tensor) -> tuple[float, str] | None:
-        """(optimum loss, how it was found), computed in float64; None for symbol-index inputs, and for
-        logistic regression on more than lbfgs_max_rows rows."""
-        if pl_module.hparams.get("num_embeddings"):  # symbol indices: no linear model of these numbers
+    def reference(self, pl_module: Model, x: Tensor, y: Tensor) -> tuple[float, str] | None:
+        """(optimum loss, how it was found), computed in float64. None where the reference would not solve
+        the model's own problem: a network that is not one linear layer, a regression loss other than MSE
+        (least squares), symbol-index inputs; and beyond lstsq_max_rows (regression) or lbfgs_max_rows
+        (classes) training rows, where the reference would cost seconds."""
+        if not isinstance(pl_module.net, nn.Linear) or not x.is_floating_point():
             return None
         if pl_module.hparams.task == "regression":
+            if pl_module.loss_name != "mse" or len(x) > self.lstsq_max_rows:
+                return None
             how = "the exact least-squares solution of the training split (torch.linalg.lstsq)"
             return least_squares_optimum(x, y)[2], how
         if len(x) > self.lbfgs_max_rows:
@@ -126,7 +136,7 @@ class OptimumGap(L.Callback):
         x, y = trainer.datamodule.splits["train"]
         found = self.reference(pl_module, x.cpu(), y.cpu())
         if found is None:
-            log.info(f"no reference optimum: {len(x)} training rows > lbfgs_max_rows={self.lbfgs_max_rows}")
+            log.info("no reference optimum for this model, loss or size of data (callbacks.optimum_gap)")
             return
         self.optimum, how = found
         writer = tensorboard_writer(trainer)
@@ -142,16 +152,16 @@ class OptimumGap(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")  # this epoch's mean, as logged
-        if self.optimum is None or loss is None or not pl_module.is_metrics_epoch():
+        if self.optimum is None or loss is None or not metrics_due(trainer):
             return
         gap = float(loss) - self.optimum
         writer = tensorboard_writer(trainer)
-        if pl_module.is_last_epoch() or writer is None:  # through Lightning: metrics.json, every logger
+        if last_epoch(trainer) or writer is None:  # through Lightning: metrics.json, every logger
             pl_module.log("train/optimum_loss", self.optimum)
             pl_module.log("train/gap", gap)
             return
         # Elsewhere straight to TensorBoard, at train/loss's step: self.log costs ~0.5 ms a call.
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped - 1
+        step = trainer.global_step - 1
         writer.add_scalar("train/optimum_loss", self.optimum, step)
         writer.add_scalar("train/gap", gap, step)
 
@@ -289,6 +299,8 @@ class FitPictures(L.Callback):
     fitted line (fit/line, and the animated GIF in the run directory). The other pictures are drawn
     every plot_every_n_val recorded epochs and at the end. Nothing runs on the per-step path."""
 
+    fast_steps_aware = True  # counts data epochs and optimizer steps (src/litlab/stepping.py)
+
     def __init__(
         self,
         every_n_epochs: int = 100,
@@ -310,12 +322,11 @@ class FitPictures(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Each record costs tens of ms of drawing: spread at most max_records over a long run.
-        total = trainer.max_steps if trainer.max_steps > 0 else trainer.max_epochs
+        total = max_data_epochs(trainer)
         self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # A Lightning epoch holds epochs_per_step data epochs on full-batch data (one step each).
-        epochs = trainer.global_step if trainer.datamodule.full_batch else trainer.current_epoch + 1
+        epochs = data_epoch(trainer)
         crossed = epochs // self.every > self.epochs // self.every
         self.epochs = epochs
         if crossed:

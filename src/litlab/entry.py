@@ -12,6 +12,9 @@ from litlab.errors import one_line, user_error
 
 # Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
+# ModelCheckpoint(save_on_train_epoch_end) on an epoch without validation, where val/loss is not yet
+# logged; optimized_metric is checked up front (train.py), so the warning says nothing about the run.
+warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
 # Lightning advertises a cloud logger at every start.
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda r: "litlogger" not in r.getMessage()

@@ -108,16 +108,17 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     run_dir, ckpt = locate(cfg.ckpt_path)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
-    values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
-    cls = get_class(saved.model._target_)
-    accepted = inspect.signature(cls).parameters  # as load_from_checkpoint: constructor arguments only
-    model = cls(**{k: v for k, v in values["hyper_parameters"].items() if k in accepted})
-    model.load_state_dict(values["state_dict"])
-    model.eval()
-    if model.hparams.get("num_embeddings"):
+    if getattr(get_class(saved.data._target_), "index_inputs", False):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
         )
+    values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
+    hparams = values["hyper_parameters"]
+    accepted = inspect.signature(get_class(saved.model._target_)).parameters  # constructor arguments only
+    sizes = {k: v for k, v in hparams.items() if k in accepted and k not in saved.model}  # the data's
+    model = instantiate(saved.model, **sizes)
+    model.load_state_dict(values["state_dict"])
+    model.eval()
     stats = values.get(saved.data._target_.rsplit(".", 1)[-1])
     if stats is None:
         raise ConfigError(f"{ckpt} holds no input normalisation statistics of {saved.data._target_}")

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import lightning as L
-from hydra.utils import instantiate
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -15,56 +16,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from litlab.checkpoints import check_compatible, check_resumable, load, logger_kwargs, resumed_run
 from litlab.checks import check_config
-from litlab.errors import ConfigError, Diverged
+from litlab.data.base import TASKS, TaskMismatch
+from litlab.errors import ConfigError, Diverged, user_error
+from litlab.stepping import FastSteps, epochs_trained, refuse
 
 log = logging.getLogger(__name__)
 
 
-def val_interval(trainer_cfg: DictConfig) -> int:
-    """Epochs between validations (and between logs of the training metrics)."""
-    return min(trainer_cfg.check_val_every_n_epoch, trainer_cfg.max_epochs)
-
-
-def epochs_per_lightning_step(most: int, val_every: int | None) -> int:
-    """With validation every val_every epochs, the largest k <= most dividing it: Lightning steps of k
-    epochs then end exactly where validation is due (100 epochs a step for the default cadence, 30 for
-    validation every 30); without validation, most."""
-    if val_every is None:
-        return most
-    return max(k for k in range(1, min(most, val_every) + 1) if val_every % k == 0)
-
-
-def lightning_schedule(trainer_cfg: DictConfig, epochs_per_step: int, has_val: bool) -> dict:
-    """Trainer arguments in Lightning's units for the user's epoch counts.
-
-    With epochs_per_step k > 1 (full-batch data) one Lightning epoch holds k epochs; max_steps then
-    counts epochs exactly, since every epoch is one optimizer step."""
-    epochs = trainer_cfg.max_epochs
-    schedule = {
-        "max_epochs": math.ceil(epochs / epochs_per_step),
-        "max_steps": epochs if epochs_per_step > 1 else -1,
-        "check_val_every_n_epoch": max(1, round(val_interval(trainer_cfg) / epochs_per_step)),
-    }
-    if not has_val:
-        schedule["limit_val_batches"] = 0
-    return schedule
-
-
-def fusable(cfg: DictConfig) -> bool:
-    """Whether several optimizer steps may share one Lightning step (epochs_per_step, batches_per_step):
-    on one device (DDP synchronises gradients once per Lightning step) without fp16's gradient scaler."""
-    single = cfg.trainer.devices in (1, "1") and cfg.trainer.get("num_nodes", 1) == 1
-    return single and str(cfg.trainer.precision) not in ("16", "16-mixed")
+def flatten(values: dict, prefix: str = "") -> dict:
+    """{'net': {'hidden': [8]}} -> {'net.hidden': [8]}, without Hydra's _target_ and _partial_."""
+    flat = {}
+    for key, value in values.items():
+        if not key.startswith("_"):
+            flat.update(
+                flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value}
+            )
+    return flat
 
 
 def hparams_of(cfg: DictConfig) -> dict:
     """The run's choices as flat plain values for TensorBoard's HParams tab."""
     chosen = OmegaConf.to_container(cfg, resolve=True)
     flat = {"seed": chosen["seed"], "optimizer": chosen["optimizer"]["_target_"].rsplit(".", 1)[-1]}
-    for group in ("data", "model", "optimizer"):
-        for key, value in chosen[group].items():
-            if not key.startswith("_"):
-                flat[f"{group}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+    for group in ("data", "model", "optimizer", "scheduler"):
+        for key, value in flatten(chosen.get(group) or {}).items():
+            flat[f"{group}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
     for key in ("max_epochs", "accelerator", "devices", "precision"):
         flat[f"trainer.{key}"] = (
             str(chosen["trainer"][key]) if key != "max_epochs" else chosen["trainer"][key]
@@ -83,18 +59,24 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
 
 
 def fit(
-    trainer: L.Trainer, model: L.LightningModule, data, val_every: int, ckpt_path: str | None
-) -> BaseException | None:
-    """trainer.fit and a final validation; the divergence, Ctrl-C or SIGTERM that stopped it early, if any."""
+    trainer: L.Trainer, model: L.LightningModule, data, ckpt_path: str | None
+) -> tuple[BaseException | None, dict]:
+    """trainer.fit and a final validation: (the divergence, Ctrl-C or SIGTERM that stopped it early, if any;
+    the final value of every metric)."""
     try:
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     except (Diverged, SystemExit) as e:  # SystemExit: Lightning's graceful stop on Ctrl-C or SIGTERM
-        return e
+        return e, scalars(trainer.callback_metrics)
+    metrics = scalars(trainer.callback_metrics)
     # So that the final val metrics are final (also for a resumed run that had nothing left to train):
-    validated = any(k.startswith("val/") for k in trainer.callback_metrics)
-    if "val" in data.splits and (trainer.current_epoch % val_every or not validated):
+    if "val" in data.splits and getattr(model, "validated_at", None) != trainer.global_step:
         trainer.validate(model, datamodule=data, verbose=False)
-    return None
+        metrics.update(scalars(trainer.callback_metrics))
+    return None, metrics
+
+
+def scalars(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
 
 
 def finish(
@@ -119,26 +101,61 @@ def finish(
     return status
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+def model_choice(cfg: DictConfig) -> str:
+    """'model=<option>' as the user chose it (Hydra's choice), else the model's network class."""
+    if HydraConfig.initialized() and (choice := HydraConfig.get().runtime.choices.get("model")):
+        return f"model={choice}"
+    return f"model.net._target_={cfg.model.net._target_}"
+
+
+def models_fitting(task: str) -> list[str]:
+    """The model options (conf/model/*.yaml) whose tasks include this one; empty outside a Hydra run."""
+    if not HydraConfig.initialized():
+        return []
+    sources = HydraConfig.get().runtime.config_sources
+    conf = next((s.path for s in sources if s.provider == "main" and s.schema == "file"), None)
+    options = sorted(Path(conf, "model").glob("*.yaml")) if conf else []
+    return [p.stem for p in options if task in OmegaConf.load(p).get("tasks", TASKS)]
+
+
+def build_data(cfg: DictConfig, fast: FastSteps | None) -> L.LightningDataModule:
+    """The configured data, set up, posing the first task that the model fits (else one line naming both)."""
+    group = fast.batches if fast is not None else 1
+    try:
+        data = instantiate(cfg.data, tasks=list(cfg.model.get("tasks", TASKS)), group=group)
+    except Exception as e:
+        if not isinstance(mismatch := user_error(e), TaskMismatch):
+            raise
+        fitting = [f"model={m}" for m in models_fitting(mismatch.offered[0])]
+        use = f"use {' or '.join(fitting)}" if fitting else "choose a model that fits it"
+        raise ConfigError(
+            f"{model_choice(cfg)} fits {', '.join(cfg.model.tasks)} tasks and data={mismatch.data} poses a "
+            f"{' or '.join(mismatch.offered)} task: {use}; or {mismatch.hint}"
+        ) from e
+    data.setup("fit")  # sizes and task come from the data before the model exists
+    return data
+
+
+def build(cfg: DictConfig, fast: FastSteps | None = None) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    fuse = fusable(cfg)
-    data = instantiate(
-        cfg.data, family=cfg.model.family, batches_per_step=cfg.batches_per_step if fuse else 1
-    )
-    data.setup("fit")  # sizes and task come from the data before the model exists
-    epochs_per_step = 1
-    if fuse and data.full_batch:
-        val_every = val_interval(cfg.trainer) if "val" in data.splits else None
-        epochs_per_step = epochs_per_lightning_step(cfg.epochs_per_step, val_every)
+    data = build_data(cfg, fast)
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     model = instantiate(
-        cfg.model,
-        optimizer=instantiate(cfg.optimizer),
-        epochs_per_step=epochs_per_step,
-        log_every_n_epochs=cfg.get("log_every_n_epochs", 50),  # runs saved before it existed: 50
-        **data.model_kwargs(),
+        cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **data.model_kwargs()
     )
     return data, model
+
+
+def trainer_settings(cfg: DictConfig, fast: FastSteps | None, data: L.LightningDataModule) -> dict:
+    """The Trainer's keyword arguments: the user's, in Lightning's units under fast stepping."""
+    settings = OmegaConf.to_container(cfg.trainer, resolve=True)
+    has_val = "val" in data.splits
+    if fast is not None:
+        settings = fast.plan(settings, data.full_batch, has_val, data.batches_per_epoch())
+    if not has_val:
+        settings.setdefault("limit_val_batches", 0)
+    return settings
 
 
 def train(cfg: DictConfig) -> float:
@@ -146,41 +163,44 @@ def train(cfg: DictConfig) -> float:
     started = time.time()
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     check_config(cfg)
-    data, model = build(cfg)
-    logged = {"train/loss", "val/loss", "train/gap", "train/optimum_loss"}
-    logged |= {*model.train_metrics, *model.val_metrics}
+    fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
+    data, model = build(cfg, fast)
+    logged = set(model.metric_names) | {"train/gap", "train/optimum_loss"}
     if cfg.optimized_metric not in logged:  # else EarlyStopping fails at the first check, mid-run
         raise ConfigError(
             f"optimized_metric={cfg.optimized_metric} is not a metric of this run: "
             f"choose one of {', '.join(sorted(logged))}"
         )
+    callbacks = {name: (c, instantiate(c)) for name, c in (cfg.get("callbacks") or {}).items() if c}
+    settings = trainer_settings(cfg, fast, data)
+    if fast is not None:
+        refuse(cfg.trainer, callbacks, model, data.full_batch, "val" in data.splits)
+        model.fast_steps = fast
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
         check_compatible(saved, resume_ckpt, model, data)
-        check_resumable(saved, resume_ckpt, model)
-    k = model.hparams.epochs_per_step
+        check_resumable(saved, resume_ckpt, fast)
     loggers = [instantiate(c, **logger_kwargs(c, saved)) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]  # name=null: off
-    schedule = lightning_schedule(cfg.trainer, k, "val" in data.splits)
+    callbacks = [c for _, c in callbacks.values()] + ([fast] if fast is not None else [])
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
-    trainer = instantiate(
-        cfg.trainer,
-        logger=loggers or False,
-        callbacks=callbacks,
-        enable_checkpointing=checkpointing,
-        **schedule,
+    trainer_class = get_class(settings.pop("_target_"))
+    trainer = trainer_class(
+        **settings, logger=loggers or False, callbacks=callbacks, enable_checkpointing=checkpointing
     )
     out_dir = Path(cfg.paths.output_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    how = "stepping=lightning"
+    if fast is not None:
+        unit = f"{fast.epochs_per_step} epochs" if data.full_batch else f"{fast.batches} minibatches"
+        how = f"stepping=fast ({unit} per Lightning step)"
     log.info(
-        f"{data.describe()}; model={cfg.model.family}, optimizer={hparams_of(cfg)['optimizer']} "
-        f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs"
+        f"{data.describe()}; {model_choice(cfg)}, optimizer={hparams_of(cfg)['optimizer']} "
+        f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}"
     )
 
-    stopped = fit(trainer, model, data, schedule["check_val_every_n_epoch"], resume_ckpt)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-    epochs = trainer.global_step if data.full_batch else trainer.current_epoch
+    stopped, metrics = fit(trainer, model, data, resume_ckpt)
+    epochs = epochs_trained(trainer)
     if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
         stopped = Diverged(epochs, metrics[cfg.optimized_metric])
     if stopped is None and cfg.optimized_metric not in metrics:

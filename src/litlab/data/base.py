@@ -9,21 +9,33 @@ from torch import Tensor
 
 from litlab.errors import ConfigError
 
-TASKS_OF_FAMILY = {"linear": ("regression",), "logistic": ("binary", "multiclass")}
+TASKS = ("regression", "binary", "multiclass")
 CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
+SHUFFLES = ("rows", "batches")
+
+
+class TaskMismatch(ConfigError):
+    """The data poses no task that the model fits; train() names the model option in the message."""
+
+    def __init__(self, data: str, offered: list[str], hint: str):
+        super().__init__(f"data={data} poses a {' or '.join(offered)} task: {hint}")
+        self.data, self.offered, self.hint = data, offered, hint
 
 
 class TensorBatches:
-    """Whole-tensor batches for one rank: contiguous slices of a split that was shuffled once, visited
-    in a random order drawn from (seed, epoch) (no per-sample collate). With group > 1 each item is a
-    list of that many consecutive minibatches, which the model steps through in one Lightning step."""
+    """Whole-tensor batches for one rank, no per-sample collate. Minibatches are drawn as
+    DataLoader(shuffle=True) draws them: every epoch a new permutation of the rows, from (seed, epoch)
+    (shuffle="rows"); or, faster (contiguous slices, no gather), fixed slices of the split (shuffled once,
+    at the split) visited in a new order every epoch (shuffle="batches"): each minibatch then holds the
+    same rows in every epoch. With group > 1 each item is a list of that many consecutive minibatches,
+    which fast stepping steps through in one Lightning step (src/litlab/stepping.py)."""
 
     def __init__(
         self,
         x: Tensor,
         y: Tensor,
         batch_size: int,
-        shuffle: bool,
+        shuffle: str | None,
         seed: int,
         rank: int = 0,
         world_size: int = 1,
@@ -53,10 +65,16 @@ class TensorBatches:
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         n, generator = self.num_batches(), torch.Generator().manual_seed(hash((self.seed, self.epoch)))
         self.epoch += 1  # a new order on the next pass also where nobody calls set_epoch
+        size = self.batch_size
+        if self.shuffle == "rows" and n > 1:
+            rows = torch.randperm(len(self.x), generator=generator).to(self.x.device)
+            for start in range(0, len(rows), size):
+                take = rows[start : start + size]
+                yield self.x[take], self.y[take]
+            return
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle and n > 1 else range(n)
         for i in order:
-            start = i * self.batch_size
-            yield self.x[start : start + self.batch_size], self.y[start : start + self.batch_size]
+            yield self.x[i * size : (i + 1) * size], self.y[i * size : (i + 1) * size]
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]]:
         if self.group == 1:
@@ -68,20 +86,21 @@ class TensorBatches:
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Base for the datasets: subclasses implement `read()` and say which task each model family gets."""
+    """Base for the datasets: subclasses implement `read()` and say which tasks they pose (`offered`)."""
 
     name = "data"
     contiguous = False  # True: train, val, test are consecutive blocks in row order (time series, text)
 
     def __init__(
         self,
-        family: str = "linear",
+        tasks: list[str] = TASKS,
         scaling: str | float = "standardize",
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
         batch_size: int | None = None,
+        shuffle: str = "rows",
         split_seed: int = 0,
-        batches_per_step: int = 1,
+        group: int = 1,
     ):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
@@ -91,24 +110,33 @@ class TensorDataModule(L.LightningDataModule):
             )
         if batch_size is not None and batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1, or null for the whole split")
-        self.family = family
-        self.task = self.task_for(family)
+        if shuffle not in SHUFFLES:
+            raise ConfigError(f"data.shuffle={shuffle!r} is not one of {', '.join(SHUFFLES)}")
+        self.shuffle = shuffle
+        self.task = self.task_for(tasks)
         self.scaling = scaling
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.batch_size = batch_size
         self.split_seed = split_seed
-        self.batches_per_step = batches_per_step  # train() sets it: minibatches per Lightning step
+        self.group = group  # minibatches per Lightning step: stepping=fast sets it (train.build)
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def task_for(self, family: str) -> str:
-        """The task this dataset poses to a model family; a ConfigError where they do not fit."""
-        if family == "linear":
-            return "regression"
-        raise ConfigError(
-            f"data={self.name} is a regression task and model={family} needs a classification dataset: "
-            f"use model=linear, or {CLASSIFICATION_DATA}"
-        )
+    def offered(self) -> list[str]:
+        """The tasks this data poses, the preferred first (a model takes the first it fits)."""
+        return ["regression"]
+
+    def mismatch_hint(self) -> str:
+        """What to change on the data's side when no offered task fits the model."""
+        return f"for classes use {CLASSIFICATION_DATA}"
+
+    def task_for(self, tasks: list[str]) -> str:
+        """The first offered task that the model fits (`tasks`); TaskMismatch where there is none."""
+        offered = self.offered()
+        fits = [t for t in offered if t in tasks]
+        if not fits:
+            raise TaskMismatch(self.name, offered, self.mismatch_hint())
+        return fits[0]
 
     def read(self) -> tuple[Tensor, Tensor]:
         """All rows as float32 inputs [n, d] and targets: float32 [n, k] or int64 class labels [n]."""
@@ -140,8 +168,12 @@ class TensorDataModule(L.LightningDataModule):
         x, y = self.read()
         if self.task == "multiclass":
             self.num_classes = int(y.max()) + 1
-        self.splits = {k: (x[idx], y[idx]) for k, idx in self.split_indices(x.shape[0]).items() if len(idx)}
-        del x, y  # the splits are copies: drop the original rows before normalising in place
+        parts = self.split_indices(x.shape[0]).items()
+        if self.contiguous:  # blocks of rows: views, no copy of the data
+            self.splits = {k: (x[idx[0] : idx[-1] + 1], y[idx[0] : idx[-1] + 1]) for k, idx in parts if len(idx)}
+        else:  # copies: the original rows are dropped below, before normalising in place
+            self.splits = {k: (x[idx], y[idx]) for k, idx in parts if len(idx)}
+        del x, y
         self.x_shift, self.x_scale = self.input_normalisation(self.splits["train"][0])
         # Multiply by 1/scale: for the book's factor this is exactly its t_u * 0.1 in float32.
         if self.scaling != "none":  # also keeps integer index inputs (text) as they are
@@ -176,7 +208,12 @@ class TensorDataModule(L.LightningDataModule):
         """Normalisation statistics as plain lists, saved in every checkpoint."""
         return {"x_shift": self.x_shift.tolist(), "x_scale": self.x_scale.tolist()}
 
-    def batches(self, split: str, shuffle: bool) -> TensorBatches | list:
+    def batches_per_epoch(self) -> int:
+        """Minibatches (optimizer steps) in one training epoch on one device."""
+        rows = len(self.splits["train"][0])
+        return math.ceil(rows / min(self.batch_size or rows, rows))
+
+    def batches(self, split: str, shuffle: str | None) -> TensorBatches | list:
         if split not in self.splits:
             return []
         x, y = self.splits[split]
@@ -187,7 +224,7 @@ class TensorDataModule(L.LightningDataModule):
         if split != "train":
             return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        group = 1 if self.full_batch else self.batches_per_step
+        group = 1 if self.full_batch else self.group
         return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world, group)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
@@ -196,13 +233,15 @@ class TensorDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> TensorBatches:
-        return self.batches("train", shuffle=True)
+        # overfit_batches: the same first batches every epoch (Lightning turns a DataLoader's shuffling off)
+        fixed = self.full_batch or (self.trainer is not None and self.trainer.overfit_batches > 0)
+        return self.batches("train", shuffle=None if fixed else self.shuffle)
 
     def val_dataloader(self) -> TensorBatches | list:
-        return self.batches("val", shuffle=False)
+        return self.batches("val", shuffle=None)
 
     def test_dataloader(self) -> TensorBatches | list:
-        return self.batches("test", shuffle=False)
+        return self.batches("test", shuffle=None)
 
     def describe(self) -> str:
         """One line for the console: what is being trained on."""

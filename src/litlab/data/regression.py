@@ -105,22 +105,21 @@ class RegressionData(TensorDataModule):
                 "features >= 1 and noise >= 0"
             )
         self.preset, self.n, self.features, self.noise = preset, n, features, noise
+        # Generated rows are independent draws: consecutive blocks split them as randomly as a shuffle, and
+        # as views, without copying millions of rows.
+        self.contiguous = preset == "generated"
         self.preset_task = PRESET_TASKS.get(preset, task)
         self.generator_seed = generator_seed
         self.name = f"regression preset={preset}"
         super().__init__(**kwargs)
 
-    def task_for(self, family: str) -> str:
-        if family == "linear" and self.preset_task == "regression":
-            return "regression"
-        if family == "logistic" and self.preset_task == "binary":
-            return "binary"
-        if family == "linear":
-            raise ConfigError(
-                f"data={self.name} is a classification task and model=linear needs a regression "
-                "target: use model=logistic, or data.preset=points30"
-            )
-        return super().task_for(family)
+    def offered(self) -> list[str]:
+        return [self.preset_task]
+
+    def mismatch_hint(self) -> str:
+        if self.preset_task == "binary":
+            return "for a regression target use data.preset=points30 or data.task=regression"
+        return super().mismatch_hint()
 
     def read(self) -> tuple[Tensor, Tensor]:
         if self.preset == "generated":

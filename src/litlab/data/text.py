@@ -82,12 +82,13 @@ class TextData(TensorDataModule):
         self.vocab, self.max_words = vocab, max_words
         super().__init__(**{**kwargs, "scaling": "none"})
 
-    def task_for(self, family: str) -> str:
-        if family == "logistic":
-            return "multiclass"
-        raise ConfigError(
-            f"data=text is next-symbol classification and model={family} cannot fit it: use model=logistic"
-        )
+    index_inputs = True  # x holds the indices of the one-hot inputs' ones, not numbers
+
+    def offered(self) -> list[str]:
+        return ["multiclass"]
+
+    def mismatch_hint(self) -> str:
+        return "the next symbol is one of the vocabulary's classes"
 
     def read(self) -> tuple[Tensor, Tensor]:
         text = read_book(self.path)
@@ -116,6 +117,10 @@ class TextData(TensorDataModule):
         super().setup(stage)
         self.num_classes = self.vocab_size  # every symbol can follow, also those absent from the text
 
+    @property
+    def in_features(self) -> int:
+        """The width of the one-hot inputs: one block of vocab_size per context position."""
+        return self.context * self.vocab_size
+
     def model_kwargs(self) -> dict:
-        lookup = {"num_embeddings": self.context * self.vocab_size, "language_metrics": True}
-        return {**super().model_kwargs(), **lookup}
+        return {**super().model_kwargs(), "language_metrics": True}

@@ -23,8 +23,8 @@ FEATURES = [
     "alcohol",
 ]
 GOOD = 7  # quality >= 7 is a good wine (about a fifth of them)
-# Which target each model family may learn, and the task it becomes; the first is the family's default.
-TARGETS = {"linear": {"quality": "regression"}, "logistic": {"good": "binary", "quality": "multiclass"}}
+# The tasks each target poses, preferred first: quality is a number, or its 7 values as classes.
+TARGETS = {"quality": ["regression", "multiclass"], "good": ["binary"]}
 
 
 def read_wine(path: str | Path) -> tuple[Tensor, Tensor]:
@@ -34,21 +34,31 @@ def read_wine(path: str | Path) -> tuple[Tensor, Tensor]:
 
 
 class WineData(TensorDataModule):
-    """Quality as a number (model=linear), good = quality >= 7 (logistic), or quality classes (logistic)."""
+    """Quality as a number (regression) or as 7 classes, or good = quality >= 7 (binary). target=null:
+    quality for a model that fits regression, else good."""
 
     name = "wine"
 
     def __init__(self, path: str, target: str | None = None, **kwargs):
+        if target not in (None, *TARGETS):
+            raise ConfigError(
+                f"data.target={target} is not a wine target: choose one of {', '.join(TARGETS)}"
+            )
         self.path, self.target = path, target
         super().__init__(**kwargs)
 
-    def task_for(self, family: str) -> str:
-        targets = TARGETS.get(family, {})
-        self.target = self.target or next(iter(targets), None)
-        if self.target not in targets:
-            fits = ", ".join(f"model={f} data.target={t}" for f, ts in TARGETS.items() for t in ts)
-            raise ConfigError(f"data=wine data.target={self.target} does not fit model={family}: use {fits}")
-        return targets[self.target]
+    def offered(self) -> list[str]:
+        if self.target is not None:
+            return TARGETS[self.target]
+        return ["regression", "binary", "multiclass"]
+
+    def mismatch_hint(self) -> str:
+        return "data.target=quality is regression or classes, data.target=good binary"
+
+    def task_for(self, tasks: list[str]) -> str:
+        task = super().task_for(tasks)
+        self.target = self.target or ("good" if task == "binary" else "quality")
+        return task
 
     def read(self) -> tuple[Tensor, Tensor]:
         x, quality = read_wine(self.path)

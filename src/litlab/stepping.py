@@ -1,0 +1,317 @@
+"""Fast stepping (`stepping=fast`): several optimizer steps inside one Lightning step.
+
+Lightning's fixed cost per step (every callback's hooks, the logger connector: 0.1-3 ms) dwarfs one
+optimizer step on small data (~0.1 ms on the book's 11 points). With stepping=fast
+
+- on full-batch data one Lightning step holds up to `epochs` epochs, one optimizer step each on the same
+  whole batch, and ends where validation is due;
+- on minibatch data one Lightning step holds up to `batches` consecutive minibatches of one epoch.
+
+Every optimizer step still gets what was configured: gradient clipping (trainer.gradient_clip_val and
+_algorithm), learning-rate schedulers per data epoch or per optimizer step, max_epochs and max_steps
+exactly. The inner steps are plain torch, without Lightning's per-step hooks, so whatever needs such a
+hook (gradient accumulation, weight averaging, a callback's on_train_batch_end, fp16's gradient scaler,
+DDP's gradient sync) is refused before training, in one line (`refuse`). `stepping=lightning`, the
+default, runs one optimizer step per Lightning step and leaves all of it to Lightning.
+
+A model takes fast steps when it has a `fast_steps` attribute and hands its training_step to
+`fast_steps.training_step` while that is set (src/litlab/models/task.py)."""
+
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import (
+    Callback,
+    EarlyStopping,
+    ModelCheckpoint,
+    ProgressBar,
+    StochasticWeightAveraging,
+)
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig
+from torch import Tensor
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+from litlab.errors import ConfigError
+
+OFF = "add stepping=lightning (one optimizer step per Lightning step)"
+# Hooks Lightning calls once per optimizer step; under fast stepping they run once per Lightning step.
+STEP_HOOKS = (
+    "on_train_batch_start",
+    "on_train_batch_end",
+    "on_before_backward",
+    "on_after_backward",
+    "on_before_optimizer_step",
+    "on_before_zero_grad",
+)
+# Hooks Lightning calls once per epoch; under fast stepping on full-batch data, once per Lightning epoch.
+EPOCH_HOOKS = ("on_train_epoch_start", "on_train_epoch_end")
+# trainer settings counted in Lightning steps or batches, or that need a hook per optimizer step:
+# setting -> (the values that mean "off", why fast stepping cannot honour another)
+TRAINER_REFUSED = {
+    "accumulate_grad_batches": ((1, None), "it accumulates over Lightning steps"),
+    "val_check_interval": ((None, 1.0), "it counts Lightning batches"),
+    "limit_train_batches": ((None, 1.0), "it counts Lightning batches"),
+    "overfit_batches": ((None, 0, 0.0), "it counts Lightning batches"),
+    "reload_dataloaders_every_n_epochs": ((None, 0), "it counts Lightning epochs"),
+    "num_nodes": ((None, 1), "DDP synchronises gradients once per Lightning step"),
+    "devices": ((None, 1, "1", "auto"), "DDP synchronises gradients once per Lightning step"),
+    "precision": (
+        (None, "32-true", "32", 32, "64-true", "64", 64, "bf16-mixed", "bf16-true", "16-true"),
+        "fp16's gradient scaler steps with Lightning's optimizer step",
+    ),
+}
+
+
+class FastSteps(Callback):
+    """The fast-stepping mechanism: plans the Trainer's schedule, runs a Lightning step's optimizer steps,
+    and keeps its step length in every checkpoint (a resume must keep it)."""
+
+    def __init__(self, epochs: int = 250, batches: int = 128, log_every_n_epochs: int = 50):
+        super().__init__()
+        self.epochs, self.batches, self.log_every_n_epochs = epochs, batches, log_every_n_epochs
+        self.full_batch = True
+        self.epochs_per_step = 1  # plan() sets it: data epochs in one Lightning step (full-batch data)
+        self.clip: tuple[float, str] | None = None
+        self.capped = False  # plan() sets it: the user's max_steps ends the run before max_epochs
+        self.epoch_loss = [0.0, 0]  # minibatch data: the epoch's loss sum and rows, for ReduceLROnPlateau
+
+    def plan(self, trainer: dict, full_batch: bool, has_val: bool, batches_per_epoch: int) -> dict:
+        """The Trainer's arguments for the user's ones, in Lightning's units; clipping is taken over here.
+
+        Full-batch data: k epochs a Lightning step, k the largest count up to `epochs` dividing the
+        validation interval, so that Lightning steps end where validation is due; max_steps counts
+        epochs and ends the run. Minibatch data: groups of `batches` minibatches; max_epochs keeps its
+        meaning. max_steps is always set (the smaller of the user's and the whole run's optimizer
+        steps): it caps the last step exactly, and gives OneCycleLR its total_steps (optimizer_steps)."""
+        trainer = dict(trainer)
+        value = trainer.pop("gradient_clip_val", None)
+        algorithm = trainer.pop("gradient_clip_algorithm", None) or "norm"
+        self.clip = (float(value), algorithm) if value else None
+        self.full_batch = full_batch
+        epochs, wanted = trainer["max_epochs"], trainer.get("max_steps") or -1
+        if full_batch:
+            val_every = min(trainer["check_val_every_n_epoch"], epochs)
+            most = min(self.epochs, val_every) if has_val else self.epochs
+            self.epochs_per_step = max(k for k in range(1, most + 1) if not has_val or val_every % k == 0)
+            # max_steps (one per epoch) ends the run, not Lightning's epochs of k: a last, shorter one would
+            # also count as done when the run is resumed with more trainer.max_epochs
+            trainer["max_epochs"] = -1
+            trainer["check_val_every_n_epoch"] = max(1, val_every // self.epochs_per_step)
+            if trainer.get("min_epochs"):  # one optimizer step per epoch: min_steps says the same exactly
+                trainer["min_steps"] = max(trainer.get("min_steps") or 0, trainer.pop("min_epochs"))
+            total = epochs
+        else:
+            total = epochs * batches_per_epoch
+        trainer["max_steps"] = total if wanted < 0 else min(wanted, total)
+        self.capped = trainer["max_steps"] < total
+        return trainer
+
+    def state_dict(self) -> dict:
+        return {"epochs_per_step": self.epochs_per_step, "batches": 1 if self.full_batch else self.batches}
+
+    def training_step(self, module: L.LightningModule, batch, batch_idx: int) -> dict[str, Tensor]:
+        """The optimizer steps of one Lightning step: the whole batch `epochs_per_step` times, or each
+        minibatch of a group once; capped by max_steps. Returns the last loss and every step's loss
+        (`losses`, for DivergenceGuard)."""
+        trainer = module.trainer
+        room = trainer.max_steps - trainer.global_step
+        steps = [batch] * min(self.epochs_per_step, room) if self.full_batch else batch[:room]
+        optimizer = module.optimizers().optimizer
+        schedulers = trainer.lr_scheduler_configs
+        track = metrics_due(trainer)
+        losses, lrs = [], []
+        for i, (x, y) in enumerate(steps):
+            out = module(x)
+            loss = module.loss(out, y)
+            if track and (not self.full_batch or i == len(steps) - 1):
+                module.update_train_metrics(out.detach(), y)
+            if schedulers:
+                lrs.append(optimizer.param_groups[0]["lr"])  # the one this step uses
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.clip is not None:
+                module.clip_gradients(optimizer, *self.clip)
+            optimizer.step()
+            losses.append(loss.detach())
+            step_schedulers(schedulers, "step", loss)
+            if self.full_batch:  # every optimizer step is an epoch
+                step_schedulers(schedulers, "epoch", loss)
+        losses = torch.stack(losses)
+        credit_optimizer_steps(trainer, len(steps))
+        sizes = [len(x) for x, _ in steps]
+        # The loss of this step's data: a group's size-weighted mean; on full-batch data the last epoch's.
+        step_loss = losses[-1] if self.full_batch else (losses * losses.new_tensor(sizes)).sum() / sum(sizes)
+        module.log("train/loss", step_loss, on_step=False, on_epoch=True, batch_size=sum(sizes))
+        if not self.full_batch:
+            self.end_minibatch_epoch(trainer, batch_idx, step_loss, sum(sizes))
+        if schedulers:  # the mean learning rate of the epoch's optimizer steps
+            lr = (
+                lrs[-1]
+                if self.full_batch
+                else sum(lr * n for lr, n in zip(lrs, sizes, strict=True)) / sum(sizes)
+            )
+            module.log("lr", lr, on_step=False, on_epoch=True, batch_size=sum(sizes))
+        return {"loss": losses[-1], "losses": losses, "lrs": lrs}
+
+    def end_minibatch_epoch(self, trainer: L.Trainer, batch_idx: int, loss: Tensor, rows: int) -> None:
+        """Epoch-interval schedulers step once the epoch's last group is done (ReduceLROnPlateau with the
+        epoch's mean train/loss)."""
+        self.epoch_loss = [self.epoch_loss[0] + float(loss) * rows, self.epoch_loss[1] + rows]
+        if batch_idx + 1 == trainer.num_training_batches:
+            mean = self.epoch_loss[0] / self.epoch_loss[1]
+            step_schedulers(trainer.lr_scheduler_configs, "epoch", torch.tensor(mean))
+            self.epoch_loss = [0.0, 0]
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        """train/loss (and lr) of the epochs inside a full-batch step that end a log_every_n_epochs
+        interval, straight to the loggers at their own steps (the step's last epoch went through
+        self.log). After DivergenceGuard's hook, which sits before this callback, so a diverged step
+        logs nothing here."""
+        losses = outputs["losses"][:-1]
+        if not self.full_batch or not len(losses) or not trainer.is_global_zero:
+            return
+        first = trainer.global_step - len(losses) - 1  # the step (epoch - 1) of the first inner epoch
+        due = [i for i in range(len(losses)) if (first + i + 1) % self.log_every_n_epochs == 0]
+        values = losses[due].tolist() if due else []
+        for logger in trainer.loggers if due else ():
+            for i, value in zip(due, values, strict=True):
+                lr = {"lr": outputs["lrs"][i]} if outputs["lrs"] else {}
+                logger.log_metrics({"train/loss": value, **lr}, step=first + i)
+
+
+def step_schedulers(configs: Iterable, interval: str, loss: Tensor) -> None:
+    """Step the schedulers of this interval; ReduceLROnPlateau on the training loss."""
+    for config in configs:
+        if config.interval == interval:
+            if isinstance(config.scheduler, ReduceLROnPlateau):
+                config.scheduler.step(float(loss))
+            else:
+                config.scheduler.step()
+
+
+def credit_optimizer_steps(trainer: L.Trainer, n: int) -> None:
+    """Count n plain-torch optimizer steps as Lightning's own: trainer.global_step (what max_steps,
+    checkpoints and estimated_stepping_batches count) and the logging step (TensorBoard's x-axis), which
+    Lightning adds one to once this batch ends. Lightning has no public API for either: these private
+    attributes are touched here alone, and tests/test_stepping.py fails when an upgrade moves them."""
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.manual_optimization.optim_step_progress
+    progress.total.increment_by(n)
+    progress.current.increment_by(n)
+    loop._batches_that_stepped = trainer.global_step - 1
+
+
+def stepper(trainer: L.Trainer) -> FastSteps | None:
+    """The running model's fast stepper, None under stepping=lightning."""
+    return getattr(trainer.lightning_module, "fast_steps", None)
+
+
+def fused_epochs(trainer: L.Trainer) -> bool:
+    """Whether one Lightning epoch holds several data epochs (fast stepping on full-batch data)."""
+    fast = stepper(trainer)
+    return fast is not None and fast.full_batch
+
+
+def steps_are_epochs(trainer: L.Trainer) -> bool:
+    """Whether every optimizer step is one data epoch: full-batch data, no gradient accumulation."""
+    return getattr(trainer.datamodule, "full_batch", False) and trainer.accumulate_grad_batches == 1
+
+
+def data_epoch(trainer: L.Trainer) -> int:
+    """The data epoch that a training hook is in, or that on_train_epoch_end ends, from 1."""
+    return trainer.global_step if steps_are_epochs(trainer) else trainer.current_epoch + 1
+
+
+def epochs_trained(trainer: L.Trainer) -> int:
+    """Data epochs completed, after trainer.fit (also one stopped inside a Lightning epoch)."""
+    return trainer.global_step if steps_are_epochs(trainer) else trainer.current_epoch
+
+
+def max_data_epochs(trainer: L.Trainer) -> int:
+    """The data epochs this run trains at most (a progress bar's total)."""
+    if fused_epochs(trainer):
+        return trainer.max_steps
+    capped = steps_are_epochs(trainer) and trainer.max_steps > 0
+    return min(trainer.max_epochs, trainer.max_steps) if capped else trainer.max_epochs
+
+
+def optimizer_steps(trainer: L.Trainer) -> int:
+    """The optimizer steps this run takes (what OneCycleLR's total_steps means): Lightning estimates them in
+    its own steps; under fast stepping plan() has set max_steps to the run's total."""
+    return trainer.max_steps if stepper(trainer) is not None else int(trainer.estimated_stepping_batches)
+
+
+def last_epoch(trainer: L.Trainer) -> bool:
+    """Whether the Lightning epoch now ending is the run's last."""
+    by_epochs = not fused_epochs(trainer) and trainer.current_epoch + 1 >= trainer.max_epochs
+    return by_epochs or 0 < trainer.max_steps <= trainer.global_step
+
+
+def metrics_due(trainer: L.Trainer) -> bool:
+    """Whether this Lightning epoch logs the training metrics besides the loss: where validation is due,
+    and at the end (each self.log costs ~0.5 ms, more than 50 epochs of the book's maths). In Lightning's
+    units, which plan() keeps in step with the data's."""
+    fast = stepper(trainer)
+    if fast.capped if fast is not None else trainer.max_steps > 0:
+        return True  # max_steps may end the run inside any epoch
+    epoch = trainer.current_epoch + 1
+    return epoch % trainer.check_val_every_n_epoch == 0 or epoch >= trainer.max_epochs
+
+
+def refuse(
+    trainer: DictConfig | dict,
+    callbacks: dict[str, tuple[DictConfig, Callback]],
+    model: L.LightningModule,
+    fused: bool,
+    has_val: bool,
+) -> None:
+    """One ConfigError line for the first setting that fast stepping cannot honour (callbacks: name ->
+    (its config, the callback); fused: several data epochs in one Lightning epoch)."""
+    if not hasattr(model, "fast_steps"):
+        raise ConfigError(
+            f"{type(model).__qualname__} does not take fast steps (no fast_steps attribute): {OFF}"
+        )
+    for key, (off, why) in TRAINER_REFUSED.items():
+        value = trainer.get(key)
+        if value not in off:
+            raise ConfigError(f"trainer.{key}={value} cannot be honoured under stepping=fast ({why}): {OFF}")
+    if str(trainer.get("strategy", "auto")) not in ("auto", "single_device"):
+        raise ConfigError(f"trainer.strategy={trainer.strategy} runs several processes: {OFF}")
+    if trainer.get("check_val_every_n_epoch") is None:
+        raise ConfigError(f"trainer.check_val_every_n_epoch=null counts Lightning batches: {OFF}")
+    for name, (config, callback) in callbacks.items():
+        what = f"callbacks.{name} ({type(callback).__name__})"
+        if isinstance(callback, StochasticWeightAveraging):
+            raise ConfigError(f"{what} swaps in a learning-rate schedule of its own mid-run: {OFF}")
+        hooks = [h for h in STEP_HOOKS if is_overridden(h, callback, parent=Callback)]
+        if hooks and not per_step_safe(callback, config):
+            raise ConfigError(
+                f"{what} hooks {hooks[0]}, which runs once per Lightning step of many optimizer steps: {OFF}"
+            )
+        hooks = [h for h in EPOCH_HOOKS if is_overridden(h, callback, parent=Callback)] if fused else []
+        if hooks and not per_epoch_safe(callback, has_val, trainer["max_epochs"]):
+            raise ConfigError(
+                f"{what} hooks {hooks[0]}, which on full-batch data runs once per Lightning step of many "
+                f"epochs: {OFF}"
+            )
+
+
+def per_epoch_safe(callback: Callback, has_val: bool, max_epochs: int) -> bool:
+    """Callbacks whose epoch hooks are right once per Lightning epoch of several data epochs: ours (they
+    count data epochs), progress bars, ModelCheckpoint (it checks where validation is due), EarlyStopping
+    where it checks validations, or where its patience outlasts the run."""
+    if getattr(callback, "fast_steps_aware", False) or isinstance(callback, ProgressBar | ModelCheckpoint):
+        return True
+    return isinstance(callback, EarlyStopping) and (has_val or callback.patience >= max_epochs)
+
+
+def per_step_safe(callback: Callback, config: DictConfig) -> bool:
+    """Callbacks whose per-batch hooks are right once per Lightning step: ours that read a fast step's
+    `losses` (fast_steps_aware), progress bars (they only draw), and ModelCheckpoint saving by epoch."""
+    if getattr(callback, "fast_steps_aware", False) or isinstance(callback, ProgressBar | FastSteps):
+        return True
+    if isinstance(callback, ModelCheckpoint):
+        return not config.get("every_n_train_steps") and config.get("train_time_interval") is None
+    return False

@@ -1,0 +1,75 @@
+"""A network of your own is one module and one YAML file: train, resume, eval, predict and sweep it."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from tests.conftest import ROOT, run_dirs, run_train
+from tests.test_train import events
+
+
+class Polynomial(nn.Module):
+    """y = sum_p x^p W_p + b for p = 1..degree: a network written the way a user adds one, knowing nothing of
+    losses, optimizers or logging (the task module adds them)."""
+
+    def __init__(self, in_features: int, out_features: int, degree: int = 2):
+        super().__init__()
+        self.degree = degree
+        self.linear = nn.Linear(in_features * degree, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(torch.cat([x**p for p in range(1, self.degree + 1)], dim=1))
+
+
+# conf/model/polynomial.yaml, as a user would add it (here in a config dir of the test's own).
+MODEL_YAML = """
+_target_: litlab.models.task.TaskModel
+tasks: [regression, binary]
+loss: mse
+net:
+  _target_: tests.test_extend.Polynomial
+  _partial_: true
+  degree: 2
+"""
+
+
+def our_model(root: Path, monkeypatch) -> tuple[str, ...]:
+    """Overrides that pick the model above: its YAML in a config dir of its own, its module importable."""
+    (root / "conf" / "model").mkdir(parents=True)
+    (root / "conf" / "model" / "polynomial.yaml").write_text(MODEL_YAML)
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    return f"hydra.searchpath=[file://{root / 'conf'}]", "model=polynomial", "trainer=cpu"
+
+
+def test_a_network_of_ones_own_trains_resumes_evaluates_and_predicts(tmp_path, monkeypatch):
+    ours = our_model(tmp_path, monkeypatch)
+    data = ("data=regression", "data.preset=double", "data.val_fraction=0", "optimized_metric=train/loss")
+
+    run_train(tmp_path, *ours, *data, "stepping=fast", "trainer.max_epochs=100")
+    [run] = run_dirs(tmp_path)
+    assert "Polynomial" in (run / "config.yaml").read_text()
+    run_train(tmp_path, f"resume={run}", "trainer.max_epochs=200")
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 200 and ckpt["state_dict"]["net.linear.weight"].shape == (1, 2)
+    assert events(run).Scalars("train/loss")[-1].step == 199
+
+    run_train(tmp_path, f"ckpt_path={run}", "data.val_fraction=0", script="eval.py", check=False)
+    proc = run_train(tmp_path, f"ckpt_path={run}", "inputs=[[4.0]]", script="predict.py")
+    net = Polynomial(1, 1)  # predict.py's answer is this network's, on the run's normalised input
+    net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
+    stats = ckpt["RegressionData"]
+    x = (torch.tensor([[4.0]]) - torch.tensor(stats["x_shift"])) * torch.tensor(stats["x_scale"]).reciprocal()
+    assert float(proc.stdout.split()[-1]) == pytest.approx(net(x).item(), rel=1e-5)
+
+
+def test_a_network_of_ones_own_sweeps(tmp_path, monkeypatch):
+    ours = our_model(tmp_path, monkeypatch)
+    run_train(tmp_path, "-m", *ours, "data=classification", "optimizer=sgd,adam", "trainer.max_epochs=30")
+    [sweep] = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
+    assert len(jobs) == 2 and all(j["status"] == "ok" and j["metrics"]["val/acc"] > 0.6 for j in jobs)
+    assert (sweep / "summary.md").exists()
