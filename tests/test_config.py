@@ -55,11 +55,14 @@ def test_logistic_without_data_choice_trains_on_classification_data(cfg_factory)
 def test_fast_steps_plan_the_trainer_in_lightning_units():
     trainer = {"max_epochs": 5000, "check_val_every_n_epoch": 100, "gradient_clip_val": 0.5}
     fast = FastSteps(epochs=50)
-    s = fast.plan(trainer, full_batch=True, has_val=True, batches_per_epoch=1)
+    s = fast.plan(trainer, has_val=True, batches_per_epoch=1)  # full-batch data: 50 epochs a step
     assert s == {"max_epochs": -1, "max_steps": 5000, "check_val_every_n_epoch": 2}  # clipping: done by fast
-    assert fast.clip == (0.5, "norm") and fast.epochs_per_step == 50
-    fast = FastSteps(epochs=250)
-    s = fast.plan({**trainer, "check_val_every_n_epoch": 30}, True, True, 1)
-    assert fast.epochs_per_step == 30 and s["check_val_every_n_epoch"] == 1  # 30 divides 30
-    s = FastSteps().plan({**trainer, "max_steps": 70, "min_epochs": 20}, False, True, batches_per_epoch=3)
+    assert fast.clip == (0.5, "norm") and (fast.epochs_per_step, fast.group) == (50, 50)
+    fast = FastSteps(epochs=250, batches=128)
+    s = fast.plan({**trainer, "check_val_every_n_epoch": 30}, has_val=True, batches_per_epoch=4)
+    assert (fast.epochs_per_step, fast.group, s["check_val_every_n_epoch"]) == (30, 120, 1)  # 30 divides 30
+    assert s["max_steps"] == 5000 * 4
+    fast = FastSteps(batches=128)
+    s = fast.plan({**trainer, "max_steps": 70, "min_epochs": 20}, has_val=True, batches_per_epoch=300)
     assert s["max_epochs"] == 5000 and s["max_steps"] == 70 and s["min_epochs"] == 20
+    assert (fast.epochs_per_step, fast.group, fast.capped) == (0, 128, True)  # groups inside an epoch

@@ -20,11 +20,11 @@ def fit(x, y, task="regression", net=Linear, lr=0.1, epochs=200, fast=None, batc
     model = TaskModel(net, task, x.shape[1], out, optimizer=partial(torch.optim.SGD, lr=lr), **kw)
     settings = {"max_epochs": epochs, "check_val_every_n_epoch": epochs}
     batches = -(-len(x) // batch_size) if batch_size else 1
+    group, k = 1, 0
     if fast is not None:
-        settings = fast.plan(
-            settings, full_batch=batch_size is None, has_val=False, batches_per_epoch=batches
-        )
+        settings = fast.plan(settings, has_val=False, batches_per_epoch=batches)
         model.fast_steps = fast
+        group, k = fast.group, fast.epochs_per_step
     trainer = L.Trainer(
         **settings,
         accelerator="cpu",
@@ -35,11 +35,9 @@ def fit(x, y, task="regression", net=Linear, lr=0.1, epochs=200, fast=None, batc
         default_root_dir=root,
         callbacks=[fast] if fast else [],
     )
-    group = fast.batches if fast and batch_size else 1
     shuffle = "rows" if batch_size else None
-    trainer.fit(
-        model, train_dataloaders=TensorBatches(x, y, batch_size or len(x), shuffle, seed=0, group=group)
-    )
+    loader = TensorBatches(x, y, batch_size or len(x), shuffle, seed=0, group=group, epochs_per_item=k)
+    trainer.fit(model, train_dataloaders=loader)
     return model
 
 
@@ -58,7 +56,9 @@ def test_fast_epochs_match_one_epoch_per_step_exactly(tmp_path):
     a = fit(x, y, epochs=130, root=tmp_path)
     torch.manual_seed(0)
     b = fit(x, y, epochs=130, fast=FastSteps(epochs=50), root=tmp_path)  # 50 + 50 + 30: max_steps caps it
-    assert a.trainer.global_step == b.trainer.global_step == 130 and b.trainer.current_epoch == 3
+    assert (
+        a.trainer.global_step == b.trainer.global_step == 130 and b.trainer.current_epoch == 3
+    )  # 50, 50, 30
     torch.testing.assert_close(a.net.weight, b.net.weight, atol=0, rtol=0)
 
 
@@ -66,11 +66,12 @@ def test_grouped_minibatches_match_one_step_per_batch_exactly(tmp_path):
     x = torch.randn(100, 3, generator=torch.Generator().manual_seed(2))
     y = x @ torch.tensor([[1.0], [2.0], [3.0]])
     runs = []
-    for fast in (None, FastSteps(batches=4)):  # 10 minibatches an epoch: groups of 4, 4, 2
+    for fast in (None, FastSteps(batches=4), FastSteps(batches=30)):  # groups of 4, 4, 2; 3 epochs a step
         torch.manual_seed(0)
         runs.append(fit(x, y, lr=0.05, epochs=7, batch_size=10, fast=fast, root=tmp_path))
-    assert runs[1].trainer.global_step == runs[0].trainer.global_step == 70
+    assert runs[0].trainer.global_step == runs[1].trainer.global_step == runs[2].trainer.global_step == 70
     torch.testing.assert_close(runs[0].net.weight, runs[1].net.weight, atol=0, rtol=0)
+    torch.testing.assert_close(runs[0].net.weight, runs[2].net.weight, atol=0, rtol=0)
 
 
 def test_logistic_model_separates_classes(tmp_path):

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from litlab.errors import Diverged
-from litlab.stepping import data_epoch, fused_epochs, max_data_epochs
+from litlab.stepping import data_epoch, max_data_epochs, steps_per_epoch
 
 
 class EpochProgressBar(ProgressBar):
@@ -94,15 +94,14 @@ class DivergenceGuard(Callback):
         if first == len(losses):
             self.lowest = lowest[-1]
             return
-        start = trainer.global_step - len(losses)
+        start, nb = trainer.global_step - len(losses), steps_per_epoch(trainer)
         loss = float(losses[first])
-        fused = fused_epochs(trainer)  # then every optimizer step of the Lightning step is one epoch
-        if fused and len(losses) > 1:  # the fused epochs up to the bad one, as one epoch per step would log
+        if nb == 1 and len(losses) > 1:  # each fused epoch up to the bad one, as one epoch per step logs it
             for logger in trainer.loggers:
                 for i, value in enumerate(losses[: first + 1].tolist()):
                     logger.log_metrics({"train/loss": value}, step=start + i)
         why = "" if not math.isfinite(loss) else f", {loss / float(lowest[first]):.3g} times its lowest"
-        raise Diverged(start + first + 1 if fused else data_epoch(trainer), loss, why)
+        raise Diverged((start + first) // nb + 1 if nb else data_epoch(trainer), loss, why)
 
 
 class LastCheckpoint(Callback):

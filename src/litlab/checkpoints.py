@@ -112,14 +112,15 @@ def check_resumable(values: dict, ckpt: Path, fast: FastSteps | None) -> None:
     """Refuse a resume whose settings change how many epochs or minibatches one Lightning step holds: the
     checkpoint's loop counters are in its own units (stepping=, trainer.max_epochs and
     trainer.check_val_every_n_epoch set the length of a fast step)."""
-    off = {"epochs_per_step": 1, "batches": 1}
+    off = {"epochs_per_step": None, "group": None}
     saved = values.get("callbacks", {}).get(FastSteps.__qualname__, off)
     built = fast.state_dict() if fast is not None else off
     if saved != built:
         raise ConfigError(
-            f"{ckpt} ran {saved['epochs_per_step']} epochs or {saved['batches']} minibatches per Lightning "
-            f"step and these settings give {built['epochs_per_step']} and {built['batches']} (stepping, "
-            "trainer.max_epochs or trainer.check_val_every_n_epoch changed): resume with the run's own"
+            f"{ckpt} ran Lightning steps of {saved['group']} optimizer steps "
+            f"({saved['epochs_per_step']} epochs) and these settings give {built['group']} "
+            f"({built['epochs_per_step']}): stepping, "
+            "trainer.max_epochs or trainer.check_val_every_n_epoch changed; resume with the run's own"
         )
 
 

@@ -101,7 +101,9 @@ class OptimumGap(L.Callback):
 
     fast_steps_aware = True  # counts data epochs and optimizer steps (src/litlab/stepping.py)
 
-    def __init__(self, lstsq_max_rows: int = 1_000_000, lbfgs_max_rows: int = 100_000, lbfgs_max_iter: int = 500):
+    def __init__(
+        self, lstsq_max_rows: int = 1_000_000, lbfgs_max_rows: int = 100_000, lbfgs_max_iter: int = 500
+    ):
         self.lstsq_max_rows = lstsq_max_rows
         self.lbfgs_max_rows = lbfgs_max_rows
         self.lbfgs_max_iter = lbfgs_max_iter

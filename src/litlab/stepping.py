@@ -17,8 +17,6 @@ default, runs one optimizer step per Lightning step and leaves all of it to Ligh
 A model takes fast steps when it has a `fast_steps` attribute and hands its training_step to
 `fast_steps.training_step` while that is set (src/litlab/models/task.py)."""
 
-from collections.abc import Iterable
-
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import (
@@ -71,61 +69,67 @@ class FastSteps(Callback):
     def __init__(self, epochs: int = 250, batches: int = 128, log_every_n_epochs: int = 50):
         super().__init__()
         self.epochs, self.batches, self.log_every_n_epochs = epochs, batches, log_every_n_epochs
-        self.full_batch = True
-        self.epochs_per_step = 1  # plan() sets it: data epochs in one Lightning step (full-batch data)
+        # plan() sets these: optimizer steps per data epoch; data epochs per Lightning step (0: a Lightning
+        # epoch is one data epoch, in groups); optimizer steps per Lightning step at most
+        self.nb, self.epochs_per_step, self.group = 1, 1, 1
         self.clip: tuple[float, str] | None = None
-        self.capped = False  # plan() sets it: the user's max_steps ends the run before max_epochs
-        self.epoch_loss = [0.0, 0]  # minibatch data: the epoch's loss sum and rows, for ReduceLROnPlateau
+        self.capped = False  # the user's max_steps ends the run before max_epochs
+        self.epoch_loss = torch.zeros(2, dtype=torch.float64)  # sum and rows so far, for ReduceLROnPlateau
 
-    def plan(self, trainer: dict, full_batch: bool, has_val: bool, batches_per_epoch: int) -> dict:
+    def plan(self, trainer: dict, has_val: bool, batches_per_epoch: int) -> dict:
         """The Trainer's arguments for the user's ones, in Lightning's units; clipping is taken over here.
 
-        Full-batch data: k epochs a Lightning step, k the largest count up to `epochs` dividing the
-        validation interval, so that Lightning steps end where validation is due; max_steps counts
-        epochs and ends the run. Minibatch data: groups of `batches` minibatches; max_epochs keeps its
-        meaning. max_steps is always set (the smaller of the user's and the whole run's optimizer
-        steps): it caps the last step exactly, and gives OneCycleLR its total_steps (optimizer_steps)."""
+        Where a whole epoch fits in `batches` minibatches, a Lightning step holds k whole epochs: k at
+        most `epochs` (full-batch data) or what fits in `batches`, and dividing the validation interval,
+        so that Lightning steps end where validation is due; max_steps ends the run. Larger epochs run in groups of
+        `batches` minibatches, and max_epochs keeps its meaning. max_steps is always set (the smaller of
+        the user's and the run's optimizer steps): it caps the last step exactly, and gives OneCycleLR its
+        total_steps (optimizer_steps)."""
         trainer = dict(trainer)
         value = trainer.pop("gradient_clip_val", None)
         algorithm = trainer.pop("gradient_clip_algorithm", None) or "norm"
         self.clip = (float(value), algorithm) if value else None
-        self.full_batch = full_batch
+        self.nb = nb = batches_per_epoch
         epochs, wanted = trainer["max_epochs"], trainer.get("max_steps") or -1
-        if full_batch:
+        if nb <= self.batches:
             val_every = min(trainer["check_val_every_n_epoch"], epochs)
-            most = min(self.epochs, val_every) if has_val else self.epochs
-            self.epochs_per_step = max(k for k in range(1, most + 1) if not has_val or val_every % k == 0)
-            # max_steps (one per epoch) ends the run, not Lightning's epochs of k: a last, shorter one would
-            # also count as done when the run is resumed with more trainer.max_epochs
+            fit = self.epochs if nb == 1 else min(self.epochs, self.batches // nb)  # full-batch: `epochs`
+            most = min(fit, val_every if has_val else epochs)
+            k = max(d for d in range(1, most + 1) if not has_val or val_every % d == 0)
+            self.epochs_per_step, self.group = k, k * nb
+            # max_steps ends the run, not Lightning's epochs of k: a last, shorter one would also count as
+            # done when the run is resumed with more trainer.max_epochs
             trainer["max_epochs"] = -1
-            trainer["check_val_every_n_epoch"] = max(1, val_every // self.epochs_per_step)
-            if trainer.get("min_epochs"):  # one optimizer step per epoch: min_steps says the same exactly
-                trainer["min_steps"] = max(trainer.get("min_steps") or 0, trainer.pop("min_epochs"))
-            total = epochs
+            trainer["check_val_every_n_epoch"] = max(1, val_every // k)
+            if trainer.get("min_epochs"):  # min_steps says the same exactly
+                trainer["min_steps"] = max(trainer.get("min_steps") or 0, trainer.pop("min_epochs") * nb)
         else:
-            total = epochs * batches_per_epoch
+            self.epochs_per_step, self.group = 0, self.batches
+        total = epochs * nb
         trainer["max_steps"] = total if wanted < 0 else min(wanted, total)
         self.capped = trainer["max_steps"] < total
         return trainer
 
     def state_dict(self) -> dict:
-        return {"epochs_per_step": self.epochs_per_step, "batches": 1 if self.full_batch else self.batches}
+        return {"epochs_per_step": self.epochs_per_step, "group": self.group}
 
-    def training_step(self, module: L.LightningModule, batch, batch_idx: int) -> dict[str, Tensor]:
-        """The optimizer steps of one Lightning step: the whole batch `epochs_per_step` times, or each
-        minibatch of a group once; capped by max_steps. Returns the last loss and every step's loss
-        (`losses`, for DivergenceGuard)."""
+    def training_step(self, module: L.LightningModule, steps, batch_idx: int) -> dict[str, Tensor]:
+        """The optimizer steps of one Lightning step (`steps`: the minibatches, src/litlab/data/base.py),
+        capped by max_steps. Returns the last loss, every step's loss (`losses`, for DivergenceGuard), and
+        each whole data epoch's mean loss and learning rate (for the logs)."""
         trainer = module.trainer
-        room = trainer.max_steps - trainer.global_step
-        steps = [batch] * min(self.epochs_per_step, room) if self.full_batch else batch[:room]
+        start, nb = trainer.global_step, self.nb
+        steps = steps[: trainer.max_steps - start]
+        n = len(steps)
         optimizer = module.optimizers().optimizer
         schedulers = trainer.lr_scheduler_configs
-        track = metrics_due(trainer)
-        losses, lrs = [], []
+        # training metrics over the step's last data epoch (a group: its every minibatch), when due
+        tracked = (n - (n % nb or nb) if self.epochs_per_step else 0) if metrics_due(trainer) else n
+        losses, sizes, lrs = [], [], []
         for i, (x, y) in enumerate(steps):
             out = module(x)
             loss = module.loss(out, y)
-            if track and (not self.full_batch or i == len(steps) - 1):
+            if i >= tracked:
                 module.update_train_metrics(out.detach(), y)
             if schedulers:
                 lrs.append(optimizer.param_groups[0]["lr"])  # the one this step uses
@@ -135,60 +139,62 @@ class FastSteps(Callback):
                 module.clip_gradients(optimizer, *self.clip)
             optimizer.step()
             losses.append(loss.detach())
-            step_schedulers(schedulers, "step", loss)
-            if self.full_batch:  # every optimizer step is an epoch
-                step_schedulers(schedulers, "epoch", loss)
+            sizes.append(len(x))
+            if schedulers:
+                self.step_schedulers(schedulers, loss.detach(), len(x), epoch_end=(start + i + 1) % nb == 0)
         losses = torch.stack(losses)
-        credit_optimizer_steps(trainer, len(steps))
-        sizes = [len(x) for x, _ in steps]
-        # The loss of this step's data: a group's size-weighted mean; on full-batch data the last epoch's.
-        step_loss = losses[-1] if self.full_batch else (losses * losses.new_tensor(sizes)).sum() / sum(sizes)
-        module.log("train/loss", step_loss, on_step=False, on_epoch=True, batch_size=sum(sizes))
-        if not self.full_batch:
-            self.end_minibatch_epoch(trainer, batch_idx, step_loss, sum(sizes))
-        if schedulers:  # the mean learning rate of the epoch's optimizer steps
-            lr = (
-                lrs[-1]
-                if self.full_batch
-                else sum(lr * n for lr, n in zip(lrs, sizes, strict=True)) / sum(sizes)
-            )
-            module.log("lr", lr, on_step=False, on_epoch=True, batch_size=sum(sizes))
-        return {"loss": losses[-1], "losses": losses, "lrs": lrs}
+        credit_optimizer_steps(trainer, n)
+        rows = losses.new_tensor(sizes)
+        if self.epochs_per_step:  # each data epoch's size-weighted mean; the last one goes through self.log
+            epoch_losses, logged_rows = per_epoch(losses, rows, nb), sum(sizes[-(n % nb or nb) :])
+        else:  # a group: Lightning averages the groups' means over the epoch
+            epoch_losses, logged_rows = ((losses * rows).sum() / rows.sum()).reshape(1), sum(sizes)
+        module.log("train/loss", epoch_losses[-1], on_step=False, on_epoch=True, batch_size=logged_rows)
+        epoch_lrs = per_epoch(rows.new_tensor(lrs), rows, nb if self.epochs_per_step else n) if lrs else None
+        if epoch_lrs is not None:  # the mean learning rate of the epoch's optimizer steps
+            module.log("lr", epoch_lrs[-1], on_step=False, on_epoch=True, batch_size=logged_rows)
+        return {"loss": losses[-1], "losses": losses, "epoch_losses": epoch_losses, "epoch_lrs": epoch_lrs}
 
-    def end_minibatch_epoch(self, trainer: L.Trainer, batch_idx: int, loss: Tensor, rows: int) -> None:
-        """Epoch-interval schedulers step once the epoch's last group is done (ReduceLROnPlateau with the
-        epoch's mean train/loss)."""
-        self.epoch_loss = [self.epoch_loss[0] + float(loss) * rows, self.epoch_loss[1] + rows]
-        if batch_idx + 1 == trainer.num_training_batches:
-            mean = self.epoch_loss[0] / self.epoch_loss[1]
-            step_schedulers(trainer.lr_scheduler_configs, "epoch", torch.tensor(mean))
-            self.epoch_loss = [0.0, 0]
+    def step_schedulers(self, configs: list, loss: Tensor, rows: int, epoch_end: bool) -> None:
+        """Per-step schedulers now; per-epoch ones at a data epoch's end, ReduceLROnPlateau with the
+        epoch's mean training loss."""
+        self.epoch_loss += torch.stack([loss.double() * rows, loss.new_tensor(rows, dtype=torch.float64)])
+        for config in configs:
+            if config.interval == "step" or (epoch_end and config.interval == "epoch"):
+                if isinstance(config.scheduler, ReduceLROnPlateau):
+                    config.scheduler.step(float(self.epoch_loss[0] / self.epoch_loss[1]))
+                else:
+                    config.scheduler.step()
+        if epoch_end:
+            self.epoch_loss.zero_()
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        """train/loss (and lr) of the epochs inside a full-batch step that end a log_every_n_epochs
+        """train/loss (and lr) of the data epochs inside a Lightning step that end a log_every_n_epochs
         interval, straight to the loggers at their own steps (the step's last epoch went through
         self.log). After DivergenceGuard's hook, which sits before this callback, so a diverged step
         logs nothing here."""
-        losses = outputs["losses"][:-1]
-        if not self.full_batch or not len(losses) or not trainer.is_global_zero:
+        losses = outputs["epoch_losses"][:-1]
+        if not self.epochs_per_step or not len(losses) or not trainer.is_global_zero:
             return
-        first = trainer.global_step - len(losses) - 1  # the step (epoch - 1) of the first inner epoch
-        due = [i for i in range(len(losses)) if (first + i + 1) % self.log_every_n_epochs == 0]
+        first = trainer.global_step // self.nb - len(losses)  # the data epoch of losses[0], from 1
+        due = [i for i in range(len(losses)) if (first + i) % self.log_every_n_epochs == 0]
         values = losses[due].tolist() if due else []
+        lrs = outputs["epoch_lrs"][due].tolist() if due and outputs["epoch_lrs"] is not None else []
         for logger in trainer.loggers if due else ():
-            for i, value in zip(due, values, strict=True):
-                lr = {"lr": outputs["lrs"][i]} if outputs["lrs"] else {}
-                logger.log_metrics({"train/loss": value, **lr}, step=first + i)
+            for j, (i, value) in enumerate(zip(due, values, strict=True)):
+                lr = {"lr": lrs[j]} if lrs else {}
+                logger.log_metrics({"train/loss": value, **lr}, step=(first + i) * self.nb - 1)
 
 
-def step_schedulers(configs: Iterable, interval: str, loss: Tensor) -> None:
-    """Step the schedulers of this interval; ReduceLROnPlateau on the training loss."""
-    for config in configs:
-        if config.interval == interval:
-            if isinstance(config.scheduler, ReduceLROnPlateau):
-                config.scheduler.step(float(loss))
-            else:
-                config.scheduler.step()
+def per_epoch(values: Tensor, rows: Tensor, nb: int) -> Tensor:
+    """Size-weighted means of consecutive runs of nb steps (a last, shorter run where max_steps cut it)."""
+    if nb == 1:
+        return values
+    m = len(values) // nb * nb
+    runs = [(values[:m] * rows[:m]).view(-1, nb).sum(1) / rows[:m].view(-1, nb).sum(1)]
+    if m < len(values):
+        runs.append(((values[m:] * rows[m:]).sum() / rows[m:].sum()).reshape(1))
+    return torch.cat(runs)
 
 
 def credit_optimizer_steps(trainer: L.Trainer, n: int) -> None:
@@ -209,32 +215,39 @@ def stepper(trainer: L.Trainer) -> FastSteps | None:
 
 
 def fused_epochs(trainer: L.Trainer) -> bool:
-    """Whether one Lightning epoch holds several data epochs (fast stepping on full-batch data)."""
+    """Whether one Lightning epoch holds several data epochs (fast stepping on small data)."""
     fast = stepper(trainer)
-    return fast is not None and fast.full_batch
+    return fast is not None and fast.epochs_per_step > 0
 
 
-def steps_are_epochs(trainer: L.Trainer) -> bool:
-    """Whether every optimizer step is one data epoch: full-batch data, no gradient accumulation."""
-    return getattr(trainer.datamodule, "full_batch", False) and trainer.accumulate_grad_batches == 1
+def steps_per_epoch(trainer: L.Trainer) -> int | None:
+    """Optimizer steps per data epoch where they are fixed (fast stepping; full-batch data without gradient
+    accumulation: one); None elsewhere."""
+    if (fast := stepper(trainer)) is not None:
+        return fast.nb
+    full_batch = getattr(trainer.datamodule, "full_batch", False)
+    return 1 if full_batch and trainer.accumulate_grad_batches == 1 else None
 
 
 def data_epoch(trainer: L.Trainer) -> int:
     """The data epoch that a training hook is in, or that on_train_epoch_end ends, from 1."""
-    return trainer.global_step if steps_are_epochs(trainer) else trainer.current_epoch + 1
+    nb = steps_per_epoch(trainer)
+    return -(-trainer.global_step // nb) if nb else trainer.current_epoch + 1
 
 
 def epochs_trained(trainer: L.Trainer) -> int:
     """Data epochs completed, after trainer.fit (also one stopped inside a Lightning epoch)."""
-    return trainer.global_step if steps_are_epochs(trainer) else trainer.current_epoch
+    nb = steps_per_epoch(trainer)
+    return trainer.global_step // nb if nb else trainer.current_epoch
 
 
 def max_data_epochs(trainer: L.Trainer) -> int:
     """The data epochs this run trains at most (a progress bar's total)."""
+    nb = steps_per_epoch(trainer)
     if fused_epochs(trainer):
-        return trainer.max_steps
-    capped = steps_are_epochs(trainer) and trainer.max_steps > 0
-    return min(trainer.max_epochs, trainer.max_steps) if capped else trainer.max_epochs
+        return -(-trainer.max_steps // nb)
+    capped = nb is not None and trainer.max_steps > 0
+    return min(trainer.max_epochs, -(-trainer.max_steps // nb)) if capped else trainer.max_epochs
 
 
 def optimizer_steps(trainer: L.Trainer) -> int:
@@ -244,9 +257,11 @@ def optimizer_steps(trainer: L.Trainer) -> int:
 
 
 def last_epoch(trainer: L.Trainer) -> bool:
-    """Whether the Lightning epoch now ending is the run's last."""
-    by_epochs = not fused_epochs(trainer) and trainer.current_epoch + 1 >= trainer.max_epochs
-    return by_epochs or 0 < trainer.max_steps <= trainer.global_step
+    """Whether the Lightning epoch now running or ending is the run's last (by epochs; max_steps may also
+    end a run inside an epoch)."""
+    if fused_epochs(trainer):  # Lightning epoch e holds optimizer steps e * group ... (e + 1) * group - 1
+        return (trainer.current_epoch + 1) * stepper(trainer).group >= trainer.max_steps
+    return trainer.current_epoch + 1 >= trainer.max_epochs or 0 < trainer.max_steps <= trainer.global_step
 
 
 def metrics_due(trainer: L.Trainer) -> bool:
@@ -256,8 +271,7 @@ def metrics_due(trainer: L.Trainer) -> bool:
     fast = stepper(trainer)
     if fast.capped if fast is not None else trainer.max_steps > 0:
         return True  # max_steps may end the run inside any epoch
-    epoch = trainer.current_epoch + 1
-    return epoch % trainer.check_val_every_n_epoch == 0 or epoch >= trainer.max_epochs
+    return (trainer.current_epoch + 1) % trainer.check_val_every_n_epoch == 0 or last_epoch(trainer)
 
 
 def refuse(

@@ -118,11 +118,10 @@ def models_fitting(task: str) -> list[str]:
     return [p.stem for p in options if task in OmegaConf.load(p).get("tasks", TASKS)]
 
 
-def build_data(cfg: DictConfig, fast: FastSteps | None) -> L.LightningDataModule:
+def build_data(cfg: DictConfig) -> L.LightningDataModule:
     """The configured data, set up, posing the first task that the model fits (else one line naming both)."""
-    group = fast.batches if fast is not None else 1
     try:
-        data = instantiate(cfg.data, tasks=list(cfg.model.get("tasks", TASKS)), group=group)
+        data = instantiate(cfg.data, tasks=list(cfg.model.get("tasks", TASKS)))
     except Exception as e:
         if not isinstance(mismatch := user_error(e), TaskMismatch):
             raise
@@ -136,10 +135,10 @@ def build_data(cfg: DictConfig, fast: FastSteps | None) -> L.LightningDataModule
     return data
 
 
-def build(cfg: DictConfig, fast: FastSteps | None = None) -> tuple[L.LightningDataModule, L.LightningModule]:
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = build_data(cfg, fast)
+    data = build_data(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     model = instantiate(
         cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **data.model_kwargs()
@@ -152,7 +151,8 @@ def trainer_settings(cfg: DictConfig, fast: FastSteps | None, data: L.LightningD
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     has_val = "val" in data.splits
     if fast is not None:
-        settings = fast.plan(settings, data.full_batch, has_val, data.batches_per_epoch())
+        settings = fast.plan(settings, has_val, data.batches_per_epoch())
+        data.group, data.epochs_per_item = fast.group, fast.epochs_per_step
     if not has_val:
         settings.setdefault("limit_val_batches", 0)
     return settings
@@ -164,7 +164,7 @@ def train(cfg: DictConfig) -> float:
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     check_config(cfg)
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
-    data, model = build(cfg, fast)
+    data, model = build(cfg)
     logged = set(model.metric_names) | {"train/gap", "train/optimum_loss"}
     if cfg.optimized_metric not in logged:  # else EarlyStopping fails at the first check, mid-run
         raise ConfigError(
@@ -174,7 +174,7 @@ def train(cfg: DictConfig) -> float:
     callbacks = {name: (c, instantiate(c)) for name, c in (cfg.get("callbacks") or {}).items() if c}
     settings = trainer_settings(cfg, fast, data)
     if fast is not None:
-        refuse(cfg.trainer, callbacks, model, data.full_batch, "val" in data.splits)
+        refuse(cfg.trainer, callbacks, model, fast.epochs_per_step > 0, "val" in data.splits)
         model.fast_steps = fast
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
@@ -192,8 +192,13 @@ def train(cfg: DictConfig) -> float:
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     how = "stepping=lightning"
     if fast is not None:
-        unit = f"{fast.epochs_per_step} epochs" if data.full_batch else f"{fast.batches} minibatches"
-        how = f"stepping=fast ({unit} per Lightning step)"
+        k, nb = fast.epochs_per_step, fast.nb
+        how = (
+            f"stepping=fast ({k} epochs of {nb} minibatch(es)"
+            if k
+            else f"stepping=fast ({fast.group} minibatches"
+        )
+        how += " a Lightning step)"
     log.info(
         f"{data.describe()}; {model_choice(cfg)}, optimizer={hparams_of(cfg)['optimizer']} "
         f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}"

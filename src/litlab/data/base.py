@@ -22,13 +22,36 @@ class TaskMismatch(ConfigError):
         self.data, self.offered, self.hint = data, offered, hint
 
 
+class Steps:
+    """The minibatches of one fast Lightning step (src/litlab/stepping.py): rows or slices of the split,
+    gathered one at a time as they are stepped through, never all at once. Not a collections Sequence, so
+    that Lightning passes it on untouched."""
+
+    def __init__(self, x: Tensor, y: Tensor, takes: list[Tensor | slice]):
+        self.x, self.y, self.takes = x, y, takes
+
+    def __len__(self) -> int:
+        return len(self.takes)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Steps(self.x, self.y, self.takes[i])
+        take = self.takes[i]
+        return self.x[take], self.y[take]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return (self[i] for i in range(len(self.takes)))
+
+
 class TensorBatches:
     """Whole-tensor batches for one rank, no per-sample collate. Minibatches are drawn as
     DataLoader(shuffle=True) draws them: every epoch a new permutation of the rows, from (seed, epoch)
     (shuffle="rows"); or, faster (contiguous slices, no gather), fixed slices of the split (shuffled once,
     at the split) visited in a new order every epoch (shuffle="batches"): each minibatch then holds the
-    same rows in every epoch. With group > 1 each item is a list of that many consecutive minibatches,
-    which fast stepping steps through in one Lightning step (src/litlab/stepping.py)."""
+    same rows in every epoch.
+
+    For fast stepping an item is `Steps`: `group` consecutive minibatches of one epoch, or, with
+    epochs_per_item = k > 0, every minibatch of k consecutive epochs (one Lightning epoch)."""
 
     def __init__(
         self,
@@ -40,13 +63,14 @@ class TensorBatches:
         rank: int = 0,
         world_size: int = 1,
         group: int = 1,
+        epochs_per_item: int = 0,
     ):
         per_rank = x.shape[0] // world_size  # equal shards keep DDP ranks in step
         self.x = x[rank * per_rank : (rank + 1) * per_rank]
         self.y = y[rank * per_rank : (rank + 1) * per_rank]
         self.batch_size = min(batch_size, per_rank)
         self.shuffle = shuffle
-        self.group = group
+        self.group, self.epochs_per_item = group, epochs_per_item
         self.seed, self.epoch = seed, 0
         # Lightning calls dataloader.sampler.set_epoch(epoch) before each epoch, as for a DistributedSampler
         # (and reads .batch_sampler beside .sampler): the order then depends on the epoch alone, so a
@@ -60,29 +84,30 @@ class TensorBatches:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_batches() / self.group)
+        return 1 if self.epochs_per_item else math.ceil(self.num_batches() / self.group)
 
-    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n, generator = self.num_batches(), torch.Generator().manual_seed(hash((self.seed, self.epoch)))
-        self.epoch += 1  # a new order on the next pass also where nobody calls set_epoch
-        size = self.batch_size
+    def takes(self, epoch: int) -> list[Tensor | slice]:
+        """Which rows each minibatch of this data epoch holds, in the order they are visited."""
+        n, size = self.num_batches(), self.batch_size
+        generator = torch.Generator().manual_seed(hash((self.seed, epoch)))
         if self.shuffle == "rows" and n > 1:
             rows = torch.randperm(len(self.x), generator=generator).to(self.x.device)
-            for start in range(0, len(rows), size):
-                take = rows[start : start + size]
-                yield self.x[take], self.y[take]
-            return
+            return list(rows.split(size))
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle and n > 1 else range(n)
-        for i in order:
-            yield self.x[i * size : (i + 1) * size], self.y[i * size : (i + 1) * size]
+        return [slice(i * size, (i + 1) * size) for i in order]
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | list[tuple[Tensor, Tensor]]]:
-        if self.group == 1:
-            yield from self.batches()
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | Steps]:
+        epoch, k = self.epoch, self.epochs_per_item
+        self.epoch += 1  # a new order on the next pass also where nobody calls set_epoch
+        if k:  # Lightning epoch `epoch` holds data epochs epoch * k ... epoch * k + k - 1
+            yield Steps(self.x, self.y, [t for e in range(epoch * k, epoch * k + k) for t in self.takes(e)])
             return
-        batches = list(self.batches())
-        for i in range(0, len(batches), self.group):
-            yield batches[i : i + self.group]
+        takes = self.takes(epoch)
+        if self.group == 1:
+            yield from Steps(self.x, self.y, takes)
+            return
+        for i in range(0, len(takes), self.group):
+            yield Steps(self.x, self.y, takes[i : i + self.group])
 
 
 class TensorDataModule(L.LightningDataModule):
@@ -100,7 +125,6 @@ class TensorDataModule(L.LightningDataModule):
         batch_size: int | None = None,
         shuffle: str = "rows",
         split_seed: int = 0,
-        group: int = 1,
     ):
         super().__init__()
         if not 0.0 <= val_fraction < 1.0 or not 0.0 <= test_fraction < 1.0 - val_fraction:
@@ -119,7 +143,8 @@ class TensorDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.batch_size = batch_size
         self.split_seed = split_seed
-        self.group = group  # minibatches per Lightning step: stepping=fast sets it (train.build)
+        # stepping=fast (train() sets them): minibatches, or data epochs, per Lightning step
+        self.group, self.epochs_per_item = 1, 0
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     def offered(self) -> list[str]:
@@ -170,7 +195,9 @@ class TensorDataModule(L.LightningDataModule):
             self.num_classes = int(y.max()) + 1
         parts = self.split_indices(x.shape[0]).items()
         if self.contiguous:  # blocks of rows: views, no copy of the data
-            self.splits = {k: (x[idx[0] : idx[-1] + 1], y[idx[0] : idx[-1] + 1]) for k, idx in parts if len(idx)}
+            self.splits = {
+                k: (x[idx[0] : idx[-1] + 1], y[idx[0] : idx[-1] + 1]) for k, idx in parts if len(idx)
+            }
         else:  # copies: the original rows are dropped below, before normalising in place
             self.splits = {k: (x[idx], y[idx]) for k, idx in parts if len(idx)}
         del x, y
@@ -224,8 +251,8 @@ class TensorDataModule(L.LightningDataModule):
         if split != "train":
             return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed)
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
-        group = 1 if self.full_batch else self.group
-        return TensorBatches(x, y, self.batch_size or len(x), shuffle, self.split_seed, rank, world, group)
+        batch_size, seed, k = self.batch_size or len(x), self.split_seed, self.epochs_per_item
+        return TensorBatches(x, y, batch_size, shuffle, seed, rank, world, self.group, k)
 
     def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
         """Nothing to move: batches() put the tensors on the trainer's device once (Lightning would walk
