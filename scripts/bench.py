@@ -4,7 +4,9 @@
 (b) an epoch of minibatch SGD on a generated 2,000,000 x 64 regression at batch 8192 (the median of 5
     epochs, over 3 alternating rounds), with memory bandwidth and peak RSS;
 (c) start-up of `python train.py` for one step vs `import lightning`;
-(d) a 27-job sweep through `train.py -m` vs a plain script doing the same 27 fits.
+(d) a 27-job sweep through `train.py -m` vs a plain script doing the same 27 fits;
+(e) cost growth with size: generated regression at 1e4 ... 1e7 rows x 64, samples/s and peak RSS, and the
+    whole one-epoch run at 1e7 rows beside a plain script's.
 Prints a Markdown table of medians and ratios and saves it (default logs/bench.md).
 """
 
@@ -99,8 +101,8 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def big_template() -> dict:
-    """(b) through train(): data=regression generated 2M x 64, one epoch at batch 8192."""
+def big_template(n: int, epochs: int, shuffle: str) -> dict:
+    """(b), (e) through train(): generated n x 64 regression, minibatch SGD at batch 8192, stepping=fast."""
     from litlab.train import train
 
     base = rss_mb()
@@ -109,35 +111,52 @@ def big_template() -> dict:
             Path(tmp),
             "data=regression",
             "data.preset=generated",
-            f"data.n={N}",
+            f"data.n={n}",
             f"data.features={D}",
             f"data.batch_size={BATCH}",
+            f"data.shuffle={shuffle}",
             "data.val_fraction=0",
             "data.scaling=none",
             "optimized_metric=train/loss",
+            "stepping=fast",
             "trainer=cpu",
-            f"trainer.max_epochs={EPOCHS}",
+            f"trainer.max_epochs={epochs}",
             "+callbacks.clock._target_=__main__.EpochClock",
         )
         train(cfg)
-    return {"seconds": statistics.median(EpochClock.seconds), "peak_rss_mb": rss_mb(), "base_rss_mb": base}
+    return {
+        "seconds": epoch_seconds(EpochClock.seconds, epochs),
+        "peak_rss_mb": rss_mb(),
+        "base_rss_mb": base,
+    }
 
 
-def big_plain() -> dict:
-    """(b) as a plain loop over pre-shuffled tensor slices, on the same generated data."""
+def epoch_seconds(lightning_epochs: list[float], epochs: int) -> float:
+    """The median data epoch: a Lightning epoch may hold several (fast stepping on small data)."""
+    per = epochs // len(lightning_epochs)
+    return statistics.median(lightning_epochs) / per
+
+
+def big_plain(n: int, epochs: int, shuffle: str) -> dict:
+    """(b), (e) as a plain loop doing the same: rows, a new permutation of the rows every epoch, gathered
+    minibatch by minibatch; batches, contiguous slices in a new order every epoch."""
     from litlab.data.regression import generate
 
     base = rss_mb()
-    x, y = generate(N, D, 0.5, "regression", seed=42)
-    perm = torch.randperm(N)
-    x, y = x[perm], y[perm]
+    x, y = generate(n, D, 0.5, "regression", seed=42)
     model = torch.nn.Linear(D, 1)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     seconds = []
-    for _ in range(EPOCHS):
+    for epoch in range(epochs):
         start = time.perf_counter()
-        for i in range(0, N, BATCH):
-            loss = torch.nn.functional.mse_loss(model(x[i : i + BATCH]), y[i : i + BATCH])
+        generator = torch.Generator().manual_seed(epoch)
+        if shuffle == "rows":
+            takes = torch.randperm(n, generator=generator).split(BATCH)
+        else:
+            order = torch.randperm(-(-n // BATCH), generator=generator).tolist()
+            takes = [slice(i * BATCH, (i + 1) * BATCH) for i in order]
+        for take in takes:
+            loss = torch.nn.functional.mse_loss(model(x[take]), y[take])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -152,21 +171,22 @@ def read_bandwidth_gbs() -> float:
     return a.numel() * 4 / best / 1e9
 
 
-def in_subprocess(part: str) -> dict:
+def in_subprocess(part: str, n: int, epochs: int, shuffle: str) -> dict:
     """Run one part in a fresh interpreter (its own peak RSS) and return its JSON."""
-    out = subprocess.run([sys.executable, __file__, "--part", part], capture_output=True, text=True, cwd=ROOT)
+    args = ["--part", part, "--n", str(n), "--epochs", str(epochs), "--shuffle", shuffle]
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         raise RuntimeError(f"{part} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def big_rounds(rounds: int) -> tuple[dict, dict]:
-    """(b) template and plain, alternating in fresh interpreters: the median epoch over the rounds and the
-    highest peak RSS of each (one (b) part alone swings by +-20% on this machine)."""
+def alternating(rounds: int, n: int, epochs: int, shuffle: str) -> tuple[dict, dict]:
+    """Template and plain, alternating in fresh interpreters: the median epoch over the rounds and the highest
+    peak RSS of each (one part alone swings by +-20% on this machine)."""
     runs = {"big-template": [], "big-plain": []}
     for _ in range(rounds):
         for part, results in runs.items():
-            results.append(in_subprocess(part))
+            results.append(in_subprocess(part, n, epochs, shuffle))
     return tuple(
         {
             "seconds": statistics.median(r["seconds"] for r in results),
@@ -175,6 +195,58 @@ def big_rounds(rounds: int) -> tuple[dict, dict]:
         }
         for results in runs.values()
     )
+
+
+# (e): sizes, and data epochs timed at each (enough for a stable median on the small ones)
+GROWTH = {10_000: 400, 100_000: 60, 1_000_000: 6, 10_000_000: 2}
+
+
+def generate_source():
+    """litlab's generate(), for a plain script to define without importing litlab (and Lightning)."""
+    from litlab.data.regression import generate
+
+    return generate
+
+
+# (e) the whole one-epoch run at 1e7 rows, as a user types it, and a plain script doing the same
+WHOLE = [
+    "data=regression",
+    "data.preset=generated",
+    "data.n=10000000",
+    "data.features=64",
+    "data.batch_size=8192",
+]
+PLAIN_WHOLE = f"""
+import torch
+from torch import Tensor
+{inspect.getsource(generate_source())}
+x, y = generate(10_000_000, 64, 0.5, "regression", 42)
+n_train = 8_000_000  # the template's split: the last 20% of the independent rows validate
+x_train, y_train, x_val, y_val = x[:n_train], y[:n_train], x[n_train:], y[n_train:]
+shift, scale = x_train.mean(0), x_train.std(0)
+x.sub_(shift).div_(scale)  # standardised with training statistics, in place
+model = torch.nn.Linear(64, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.01)
+for take in torch.randperm(len(x_train)).split(8192):
+    loss = torch.nn.functional.mse_loss(model(x_train[take]), y_train[take])
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+with torch.no_grad():
+    print(torch.nn.functional.mse_loss(model(x_val), y_val).item())
+"""
+
+
+def growth() -> dict:
+    """(e) samples/s and peak RSS at every size, and the whole one-epoch run at 1e7 rows vs a plain script."""
+    sizes = {}
+    for n, epochs in GROWTH.items():
+        sizes[n] = alternating(1 if n >= 1_000_000 else 2, n, epochs, "rows")
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp}", "trainer=cpu"]
+        whole = wall([*command, *WHOLE, "stepping=fast", "trainer.max_epochs=1"], ROOT)
+    plain = wall([sys.executable, "-c", PLAIN_WHOLE], ROOT)
+    return {"sizes": sizes, "whole_s": whole, "plain_whole_s": plain}
 
 
 def wall(cmd: list[str], cwd: Path) -> float:
@@ -224,77 +296,44 @@ def bench_processes(repeats: int) -> dict:
     }
 
 
-def table(a: dict, b_t: dict, b_p: dict, bandwidth: float, c: dict) -> str:
+def row(label: str, template: float, plain: float, unit: str, target: str, rate: bool = False) -> tuple:
+    """(label, template, plain, ratio, target); ratio template/plain, for a rate plain's time over ours."""
+    shown = "{:,.0f}" if rate else "{:.1f}" if unit == "s" else "{:.2f}"
+    ratio = template / plain
+    return label, shown.format(template), shown.format(plain), f"{ratio:.2f}x", target
+
+
+def table(a: dict, b: dict, bandwidth: float, c: dict, e: dict) -> str:
+    """The Markdown table of every measure: template, plain, their ratio, the target."""
+    us = (a["template_s"] / 5000 * 1e6, a["plain_s"] / 5000 * 1e6)
     rows = [("measure", "template", "plain", "ratio", "target")]
-    per_epoch = (a["template_s"] / 5000 * 1e6, a["plain_s"] / 5000 * 1e6)
-    rows.append(
-        (
-            "(a) book fit, 5000 epochs: us/epoch (final loss " + f"{a['loss']:.6f})",
-            f"{per_epoch[0]:.1f}",
-            f"{per_epoch[1]:.1f}",
-            f"{per_epoch[0] / per_epoch[1]:.2f}x",
-            "<= 2.0x",
-        )
-    )
-    rate_t, rate_p = N / b_t["seconds"], N / b_p["seconds"]
-    rows.append(
-        (
-            f"(b) 2M x 64, batch 8192: samples/s (median epoch of 3 x {EPOCHS})",
-            f"{rate_t:,.0f}",
-            f"{rate_p:,.0f}",
-            f"{rate_t / rate_p:.2f}x",
-            ">= 0.8x",
-        )
-    )
-    data_gb = N * (D + 1) * 4 / 1e9
-    share_t, share_p = data_gb / b_t["seconds"] / bandwidth, data_gb / b_p["seconds"] / bandwidth
-    rows.append(
-        (
-            f"(b) dataset bytes per second / read bandwidth ({bandwidth:.1f} GB/s)",
-            f"{share_t:.0%}",
-            f"{share_p:.0%}",
-            "",
-            "",
-        )
-    )
-    extra = c["one_step_s"] - c["import_s"]
-    rows.append(
-        (
-            "(c) `python train.py` one step vs `import lightning`: s",
-            f"{c['one_step_s']:.2f}",
-            f"{c['import_s']:.2f}",
-            f"+{extra:.2f} s",
-            "<= +1.5 s",
-        )
-    )
-    rows.append(
-        (
-            f"(d) {c['sweep_jobs']}-job sweep, book fit each (default launcher, parallel): wall s",
-            f"{c['sweep_s']:.1f}",
-            f"{c['plain_sweep_s']:.1f}",
-            f"{c['sweep_s'] / c['plain_sweep_s']:.2f}x",
-            "<= 2.0x",
-        )
-    )
-    rows.append(
-        (
-            "(d) the same with `hydra/launcher=basic` (one job at a time): wall s",
-            f"{c['serial_sweep_s']:.1f}",
-            f"{c['plain_sweep_s']:.1f}",
-            f"{c['serial_sweep_s'] / c['plain_sweep_s']:.2f}x",
-            "",
-        )
-    )
-    peak = b_t["peak_rss_mb"] - b_t["base_rss_mb"]
-    rows.append(
-        (
-            "(b) peak RSS beyond the interpreter: MB (dataset " + f"{data_gb * 1e3:.0f} MB)",
-            f"{peak:.0f}",
-            f"{b_p['peak_rss_mb'] - b_p['base_rss_mb']:.0f}",
-            f"{peak / (data_gb * 1e3):.2f}x dataset",
-            "<= 2x dataset",
-        )
-    )
+    rows.append(row(f"(a) book fit, 5000 epochs: us/epoch (loss {a['loss']:.6f})", *us, "us", "<= 2.0x"))
+    for mode, (t, p) in b.items():
+        label = f"(b) 2M x 64, batch 8192, data.shuffle={mode}: samples/s (median epoch, 3 x {EPOCHS})"
+        rows.append(row(label, N / t["seconds"], N / p["seconds"], "", ">= 0.8x", rate=True))
+    t, p = b["rows"]
+    data_mb = N * (D + 1) * 4 / 1e6
+    peak = (t["peak_rss_mb"] - t["base_rss_mb"], p["peak_rss_mb"] - p["base_rss_mb"])
+    rss = f"{peak[0] / data_mb:.2f}x dataset"
+    label = f"(b) peak RSS beyond the interpreter: MB (dataset {data_mb:.0f} MB)"
+    rows.append((label, f"{peak[0]:.0f}", f"{peak[1]:.0f}", rss, "<= 2x dataset"))
+    share = [N * (D + 1) * 4 / 1e9 / r["seconds"] / bandwidth for r in b["rows"]]
+    label = f"(b) dataset bytes/s over read bandwidth ({bandwidth:.1f} GB/s)"
+    rows.append((label, f"{share[0]:.0%}", f"{share[1]:.0%}", "", ""))
+    extra = f"+{c['one_step_s'] - c['import_s']:.2f} s"
+    label = "(c) `python train.py` one step vs `import lightning`: s"
+    rows.append((*row(label, c["one_step_s"], c["import_s"], "s", "")[:3], extra, "<= +1.5 s"))
+    label = f"(d) {c['sweep_jobs']}-job sweep, book fit each (default launcher, parallel): wall s"
+    rows.append(row(label, c["sweep_s"], c["plain_sweep_s"], "s", "<= 2.0x"))
+    label = "(d) the same with `hydra/launcher=basic` (one job at a time): wall s"
+    rows.append(row(label, c["serial_sweep_s"], c["plain_sweep_s"], "s", ""))
+    for n, (t, p) in e["sizes"].items():
+        data_mb = n * (D + 1) * 4 / 1e6
+        rss = (t["peak_rss_mb"] - t["base_rss_mb"]) / data_mb
+        label = f"(e) {n:.0e} x 64, batch 8192: samples/s (peak RSS {rss:.2f}x the {data_mb:,.0f} MB of data)"
+        rows.append(row(label, n / t["seconds"], n / p["seconds"], "", ">= 0.8x", rate=True))
+    label = "(e) the whole one-epoch `train.py` run at 1e7 x 64 vs a plain script: wall s"
+    rows.append(row(label, e["whole_s"], e["plain_whole_s"], "s", "<= 1.5x"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -304,20 +343,24 @@ def table(a: dict, b_t: dict, b_p: dict, bandwidth: float, c: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["big-template", "big-plain"], help="internal: one part, as JSON")
+    parser.add_argument("--n", type=int, default=N, help="internal: rows of the part")
+    parser.add_argument("--epochs", type=int, default=EPOCHS, help="internal: epochs of the part")
+    parser.add_argument("--shuffle", default="rows", help="internal: data.shuffle of the part")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.part:
-        print(json.dumps(big_template() if args.part == "big-template" else big_plain()))
+        part = big_template if args.part == "big-template" else big_plain
+        print(json.dumps(part(args.n, args.epochs, args.shuffle)))
         return
-    torch.set_num_threads(torch.get_num_threads())
     a = bench_book(args.repeats)
-    b_t, b_p = big_rounds(3)
+    b = {mode: alternating(3, N, EPOCHS, mode) for mode in ("rows", "batches")}
     bandwidth = read_bandwidth_gbs()
     c = bench_processes(max(3, args.repeats // 2))
+    e = growth()
     report = f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads)\n\n"
-    report += table(a, b_t, b_p, bandwidth, c) + "\n"
+    report += table(a, b, bandwidth, c, e) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

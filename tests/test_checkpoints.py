@@ -17,8 +17,10 @@ from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_train import events
 
 # Minibatch Adam: 64 shuffled batches per epoch, so the epoch order, optimizer moments and step counts
-# all have to come back from the checkpoint for the weights to match bit for bit.
+# all have to come back from the checkpoint for the weights to match bit for bit. Fast stepping: 2 epochs
+# a Lightning step.
 MINIBATCH = (
+    "stepping=fast",
     "data=regression",
     "data.preset=generated",
     "data.n=8000",
@@ -31,11 +33,24 @@ MINIBATCH = (
 )
 # Full-batch Adam: 100 epochs a Lightning step (max_steps counts epochs), validation every 100.
 FULL_BATCH = (
+    "stepping=fast",
     "data=regression",
     "data.preset=generated",
     "optimizer=adam",
     "trainer=cpu",
-    "trainer.max_epochs=20000",
+    "trainer.max_epochs=10000",
+    "callbacks.last_checkpoint.every_s=0",
+)
+# One optimizer step per Lightning step: 32 minibatches an epoch.
+LIGHTNING = (
+    "data=regression",
+    "data.preset=generated",
+    "data.n=4000",
+    "data.batch_size=100",
+    "optimizer=adam",
+    "trainer=cpu",
+    "trainer.max_epochs=25",
+    "trainer.check_val_every_n_epoch=4",
     "callbacks.last_checkpoint.every_s=0",
 )
 
@@ -60,7 +75,11 @@ def wait_for_epoch(run_root, epoch: int, proc: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("args,steps", [(MINIBATCH, 60 * 64), (FULL_BATCH, 20000)], ids=["minibatch", "full"])
+@pytest.mark.parametrize(
+    "args,steps",
+    [(MINIBATCH, 60 * 64), (FULL_BATCH, 10000), (LIGHTNING, 25 * 32)],
+    ids=["minibatch", "full", "lightning"],
+)
 def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path, args, steps):
     killed = start_train(tmp_path, *args)
     wait_for_epoch(tmp_path, 3, killed)
@@ -85,12 +104,14 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     assert [e.value for e in logged] == [e.value for e in expected]
 
 
-def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path):
-    short = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=200", "optimizer=adam")
-    train(short)
+@pytest.mark.parametrize("stepping", ["stepping=lightning", "stepping=fast"])
+def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path, stepping):
+    """Without a validation split a fast step holds 250 epochs: 200 end inside one, and 400 go on from it."""
+    common = ("trainer=cpu", "optimizer=adam", "data.val_fraction=0", "optimized_metric=train/loss", stepping)
+    train(compose_train(tmp_path, *common, "trainer.max_epochs=200"))
     run = tmp_path / "run"
     run_train(tmp_path, f"resume={run}", "trainer.max_epochs=400")  # trainer.* overrides a saved run
-    unbroken = compose_train(tmp_path / "unbroken", "trainer=cpu", "trainer.max_epochs=400", "optimizer=adam")
+    unbroken = compose_train(tmp_path / "unbroken", *common, "trainer.max_epochs=400")
     train(unbroken)
     resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
     assert resumed["global_step"] == reference["global_step"] == 400

@@ -94,7 +94,7 @@ class FastSteps(Callback):
         if nb <= self.batches:
             val_every = min(trainer["check_val_every_n_epoch"], epochs)
             fit = self.epochs if nb == 1 else min(self.epochs, self.batches // nb)  # full-batch: `epochs`
-            most = min(fit, val_every if has_val else epochs)
+            most = min(fit, val_every) if has_val else fit  # max_steps cuts the last step short
             k = max(d for d in range(1, most + 1) if not has_val or val_every % d == 0)
             self.epochs_per_step, self.group = k, k * nb
             # max_steps ends the run, not Lightning's epochs of k: a last, shorter one would also count as
