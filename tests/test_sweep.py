@@ -215,11 +215,6 @@ def test_ddp_on_two_cpu_processes_matches_one_process_per_job(tmp_path):
     # 1000 generated rows: 800 train rows split 400 + 400, so both ranks' shards are equal.
     data = ("data=regression", "data.preset=generated", "trainer.max_epochs=100")
     two_ranks = ("trainer=ddp", "trainer.accelerator=cpu")
-    refused = run_train(tmp_path, "hydra.mode=MULTIRUN", *two_ranks, check=False)  # the parallel launcher
-    assert refused.stderr.strip().splitlines()[-1] == (
-        "error: trainer.devices=2 needs a process per device, which the parallel sweep's workers cannot "
-        "start: add hydra/launcher=basic (one job at a time), or hydra/launcher=slurm"
-    )
     sweep_dir = sweep(tmp_path, *two_ranks, "hydra/launcher=basic", *data, "optimizer.lr=0.01,0.1")
     jobs = pd.read_csv(sweep_dir / "jobs.csv", dtype={"optimizer.lr": str})
     assert jobs["status"].tolist() == ["ok", "ok"]
@@ -233,6 +228,15 @@ def test_ddp_on_two_cpu_processes_matches_one_process_per_job(tmp_path):
         for name in ("train/loss", "val/loss", "val/r2"):
             assert ddp[name] == pytest.approx(one[name], rel=1e-5), name  # each rank ran its job's lr
 
+
+@pytest.mark.slow
+def test_ddp_sweeps_that_cannot_start_their_ranks_are_refused(tmp_path):
+    two_ranks = ("trainer=ddp", "trainer.accelerator=cpu")
+    refused = run_train(tmp_path, "hydra.mode=MULTIRUN", *two_ranks, check=False)  # the parallel launcher
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: trainer.devices=2 needs a process per device, which the parallel sweep's workers cannot "
+        "start: add hydra/launcher=basic (one job at a time), or hydra/launcher=slurm"
+    )
     refused = run_train(tmp_path, "hydra.mode=MULTIRUN", "trainer=ddp", "trainer.strategy=ddp", check=False)
     assert refused.returncode == 1
     assert (

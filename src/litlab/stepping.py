@@ -81,10 +81,10 @@ class FastSteps(Callback):
 
         Where a whole epoch fits in `batches` minibatches, a Lightning step holds k whole epochs: k at
         most `epochs` (full-batch data) or what fits in `batches`, and dividing the validation interval,
-        so that Lightning steps end where validation is due; max_steps ends the run. Larger epochs run in groups of
-        `batches` minibatches, and max_epochs keeps its meaning. max_steps is always set (the smaller of
-        the user's and the run's optimizer steps): it caps the last step exactly, and gives OneCycleLR its
-        total_steps (optimizer_steps)."""
+        so that Lightning steps end where validation is due; max_steps ends the run. Larger epochs run
+        in groups of `batches` minibatches, and max_epochs keeps its meaning. max_steps is always set
+        (the smaller of the user's and the run's optimizer steps): it caps the last step exactly, and
+        gives OneCycleLR its total_steps (optimizer_steps)."""
         trainer = dict(trainer)
         value = trainer.pop("gradient_clip_val", None)
         algorithm = trainer.pop("gradient_clip_algorithm", None) or "norm"
@@ -307,8 +307,7 @@ def refuse(
         hooks = [h for h in EPOCH_HOOKS if is_overridden(h, callback, parent=Callback)] if fused else []
         if hooks and not per_epoch_safe(callback, has_val, trainer["max_epochs"]):
             raise ConfigError(
-                f"{what} hooks {hooks[0]}, which on full-batch data runs once per Lightning step of many "
-                f"epochs: {OFF}"
+                f"{what} hooks {hooks[0]}, which runs once per Lightning epoch of many data epochs: {OFF}"
             )
 
 
