@@ -153,6 +153,7 @@ REFUSED = [
     ("+trainer.overfit_batches=1", "trainer.overfit_batches=1"),
     ("+trainer.reload_dataloaders_every_n_epochs=1", "trainer.reload_dataloaders_every_n_epochs=1"),
     ("trainer.precision=16-mixed", "fp16's gradient scaler"),
+    ("trainer=ddp", "trainer.devices=2, num_nodes=1, strategy=ddp_spawn cannot be honoured"),
     (
         "+callbacks.swa._target_=lightning.pytorch.callbacks.StochasticWeightAveraging",
         "swaps in a learning-rate",

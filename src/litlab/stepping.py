@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
+from litlab.checks import several_ranks
 from litlab.errors import ConfigError
 
 OFF = "add stepping=lightning (one optimizer step per Lightning step)"
@@ -53,8 +54,6 @@ TRAINER_REFUSED = {
     "limit_train_batches": ((None, 1.0), "it counts Lightning batches"),
     "overfit_batches": ((None, 0, 0.0), "it counts Lightning batches"),
     "reload_dataloaders_every_n_epochs": ((None, 0), "it counts Lightning epochs"),
-    "num_nodes": ((None, 1), "DDP synchronises gradients once per Lightning step"),
-    "devices": ((None, 1, "1", "auto"), "DDP synchronises gradients once per Lightning step"),
     "precision": (
         (None, "32-true", "32", 32, "64-true", "64", 64, "bf16-mixed", "bf16-true", "16-true"),
         "fp16's gradient scaler steps with Lightning's optimizer step",
@@ -291,8 +290,12 @@ def refuse(
         value = trainer.get(key)
         if value not in off:
             raise ConfigError(f"trainer.{key}={value} cannot be honoured under stepping=fast ({why}): {OFF}")
-    if str(trainer.get("strategy", "auto")) not in ("auto", "single_device"):
-        raise ConfigError(f"trainer.strategy={trainer.strategy} runs several processes: {OFF}")
+    if several_ranks(trainer) or str(trainer.get("strategy", "auto")) not in ("auto", "single_device"):
+        ranks = f"trainer.devices={trainer.get('devices')}, num_nodes={trainer.get('num_nodes', 1)}"
+        raise ConfigError(
+            f"{ranks}, strategy={trainer.get('strategy', 'auto')} cannot be honoured under stepping=fast "
+            f"(DDP synchronises gradients once per Lightning step): {OFF}"
+        )
     if trainer.get("check_val_every_n_epoch") is None:
         raise ConfigError(f"trainer.check_val_every_n_epoch=null counts Lightning batches: {OFF}")
     for name, (config, callback) in callbacks.items():
