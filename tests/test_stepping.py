@@ -190,3 +190,11 @@ def test_a_refusal_is_one_line_and_lightning_stepping_honours_the_setting(tmp_pa
     [ckpt] = (tmp_path / "logs" / "accumulated").rglob("last.ckpt")
     assert torch.load(ckpt, weights_only=True)["global_step"] == 4  # 3 minibatches an epoch, one step
     assert math.isfinite(json.loads((ckpt.parent.parent / "metrics.json").read_text())["metrics"]["val/loss"])
+
+
+def test_a_combination_lightning_refuses_is_one_line(cfg_factory):
+    """barebones=True excludes checkpoints, loggers and callbacks: Lightning's own refusal, as one line."""
+    with pytest.raises(
+        ConfigError, match=r"Lightning refuses these trainer settings: `Trainer\(barebones=True"
+    ):
+        train(cfg_factory("trainer=cpu", "+trainer.barebones=true"))

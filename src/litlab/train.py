@@ -11,13 +11,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checkpoints import check_compatible, check_resumable, load, logger_kwargs, resumed_run
 from litlab.checks import check_config
 from litlab.data.base import TASKS, TaskMismatch
-from litlab.errors import ConfigError, Diverged, user_error
+from litlab.errors import ConfigError, Diverged, flat, user_error
 from litlab.stepping import FastSteps, epochs_trained, refuse
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ def fit(
         trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
     except (Diverged, SystemExit) as e:  # SystemExit: Lightning's graceful stop on Ctrl-C or SIGTERM
         return e, scalars(trainer.callback_metrics)
+    except MisconfigurationException as e:  # Lightning's checks of settings against the model, at fit
+        raise ConfigError(f"Lightning refuses these settings: {flat(str(e))}") from e
     metrics = scalars(trainer.callback_metrics)
     # So that the final val metrics are final (also for a resumed run that had nothing left to train):
     if "val" in data.splits and getattr(model, "validated_at", None) != trainer.global_step:
@@ -185,9 +187,12 @@ def train(cfg: DictConfig) -> float:
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     trainer_class = get_class(settings.pop("_target_"))
-    trainer = trainer_class(
-        **settings, logger=loggers or False, callbacks=callbacks, enable_checkpointing=checkpointing
-    )
+    try:
+        trainer = trainer_class(
+            **settings, logger=loggers or False, callbacks=callbacks, enable_checkpointing=checkpointing
+        )
+    except (ValueError, MisconfigurationException) as e:  # Lightning's own refusal of a combination
+        raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
     out_dir = Path(cfg.paths.output_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     how = "stepping=lightning"
