@@ -109,6 +109,12 @@ class FastSteps(Callback):
         self.capped = trainer["max_steps"] < total
         return trainer
 
+    def describe(self) -> str:
+        """What a Lightning step holds, for the console."""
+        k, nb = self.epochs_per_step, self.nb
+        held = f"{k} epochs of {nb} minibatch(es)" if k else f"{self.group} minibatches of an epoch"
+        return f"stepping=fast ({held} a Lightning step)"
+
     def state_dict(self) -> dict:
         return {"epochs_per_step": self.epochs_per_step, "group": self.group}
 

@@ -195,15 +195,7 @@ def train(cfg: DictConfig) -> float:
         raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
     out_dir = Path(cfg.paths.output_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
-    how = "stepping=lightning"
-    if fast is not None:
-        k, nb = fast.epochs_per_step, fast.nb
-        how = (
-            f"stepping=fast ({k} epochs of {nb} minibatch(es)"
-            if k
-            else f"stepping=fast ({fast.group} minibatches"
-        )
-        how += " a Lightning step)"
+    how = fast.describe() if fast is not None else "stepping=lightning"
     log.info(
         f"{data.describe()}; {model_choice(cfg)}, optimizer={hparams_of(cfg)['optimizer']} "
         f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}"
