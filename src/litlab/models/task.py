@@ -11,10 +11,10 @@ import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor, nn
 
+from litlab.data.base import TASKS
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps, metrics_due, optimizer_steps
 
-TASKS = ("regression", "binary", "multiclass")
 REGRESSION_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 CLASS_LOSSES = {"binary": F.binary_cross_entropy_with_logits, "multiclass": F.cross_entropy}
 
