@@ -50,8 +50,9 @@ class TensorBatches:
     at the split) visited in a new order every epoch (shuffle="batches"): each minibatch then holds the
     same rows in every epoch.
 
-    For fast stepping an item is `Steps`: `group` consecutive minibatches of one epoch, or, with
-    epochs_per_item = k > 0, every minibatch of k consecutive epochs (one Lightning epoch)."""
+    For fast stepping an item is `Steps`: group > 0 consecutive minibatches of one epoch, or, with
+    epochs_per_item = k > 0, every minibatch of k consecutive epochs (one Lightning epoch). Otherwise
+    (group 0) an item is one minibatch."""
 
     def __init__(
         self,
@@ -62,7 +63,7 @@ class TensorBatches:
         seed: int,
         rank: int = 0,
         world_size: int = 1,
-        group: int = 1,
+        group: int = 0,
         epochs_per_item: int = 0,
     ):
         per_rank = x.shape[0] // world_size  # equal shards keep DDP ranks in step
@@ -84,7 +85,9 @@ class TensorBatches:
         return math.ceil(self.x.shape[0] / self.batch_size)
 
     def __len__(self) -> int:
-        return 1 if self.epochs_per_item else math.ceil(self.num_batches() / self.group)
+        if self.epochs_per_item:
+            return 1
+        return math.ceil(self.num_batches() / self.group) if self.group else self.num_batches()
 
     def takes(self, epoch: int) -> list[Tensor | slice]:
         """Which rows each minibatch of this data epoch holds, in the order they are visited."""
@@ -103,7 +106,7 @@ class TensorBatches:
             yield Steps(self.x, self.y, [t for e in range(epoch * k, epoch * k + k) for t in self.takes(e)])
             return
         takes = self.takes(epoch)
-        if self.group == 1:
+        if not self.group:
             yield from Steps(self.x, self.y, takes)
             return
         for i in range(0, len(takes), self.group):
@@ -144,7 +147,7 @@ class TensorDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.split_seed = split_seed
         # stepping=fast (train() sets them): minibatches, or data epochs, per Lightning step
-        self.group, self.epochs_per_item = 1, 0
+        self.group, self.epochs_per_item = 0, 0
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
     def offered(self) -> list[str]:
