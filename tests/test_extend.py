@@ -1,14 +1,18 @@
-"""A network of your own is one module and one YAML file: train, resume, eval, predict and sweep it."""
+"""Your own model: a network (one module and one YAML file) or a LightningModule as Lightning teaches it."""
 
 import json
 import os
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
+from litlab.train import train
 from tests.conftest import ROOT, run_dirs, run_train
+from tests.test_stepping import RecordingSGD
 from tests.test_train import events
 
 
@@ -73,3 +77,70 @@ def test_a_network_of_ones_own_sweeps(tmp_path, monkeypatch):
     jobs = [json.loads(p.read_text()) for p in sweep.rglob("metrics.json")]
     assert len(jobs) == 2 and all(j["status"] == "ok" and j["metrics"]["val/acc"] > 0.6 for j in jobs)
     assert (sweep / "summary.md").exists()
+
+
+class LitRegressor(L.LightningModule):
+    """A LightningModule written the way Lightning's docs teach: training_step returns the loss, and
+    configure_optimizers picks the optimizer (SGD that records its gradient norms) and a StepLR."""
+
+    def __init__(self, in_features: int, out_features: int, lr: float = 0.01):
+        super().__init__()
+        self.save_hyperparameters()
+        self.layer = nn.Linear(in_features, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self(x), y)
+        self.log("train/loss", loss, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", F.mse_loss(self(x), y))
+
+    def configure_optimizers(self):
+        optimizer = RecordingSGD(self.parameters(), lr=self.hparams.lr)
+        return {"optimizer": optimizer, "lr_scheduler": torch.optim.lr_scheduler.StepLR(optimizer, 100, 0.5)}
+
+
+DOCS_MODEL = ("~model.net", "~model.tasks", "~model.loss", "model._target_=tests.test_extend.LitRegressor")
+
+
+def test_a_lightning_module_as_the_docs_teach_trains_exactly_what_was_asked(cfg_factory):
+    """250 epochs, StepLR(100, 0.5) of its own, clipping at 1 on unscaled inputs; then max_steps=50."""
+    RecordingSGD.norms = []
+    common = (
+        *DOCS_MODEL,
+        "trainer=cpu",
+        "data.scaling=none",
+        "+model.lr=1e-4",
+        "+trainer.gradient_clip_val=1.0",
+    )
+    cfg = cfg_factory(*common, "trainer.max_epochs=250")
+    train(cfg)
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 250 and events(cfg.paths.output_dir).Scalars("train/loss")[-1].step == 249
+    [scheduler] = ckpt["lr_schedulers"]
+    assert scheduler["last_epoch"] == 250 and scheduler["_last_lr"] == [pytest.approx(1e-4 / 4)]
+    assert len(RecordingSGD.norms) == 250 and max(RecordingSGD.norms) <= 1.0 + 1e-5
+    cfg = cfg_factory(*common, "+trainer.max_steps=50")
+    cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "capped")
+    Path(cfg.paths.output_dir).mkdir()
+    train(cfg)
+    assert torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")["global_step"] == 50
+
+
+def test_what_a_docs_style_module_cannot_take_is_refused_in_one_line(tmp_path, monkeypatch):
+    (tmp_path / "conf" / "model").mkdir(parents=True)
+    (tmp_path / "conf" / "model" / "docs.yaml").write_text("_target_: tests.test_extend.LitRegressor\n")
+    monkeypatch.setenv("PYTHONPATH", f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    ours = (f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "model=docs", "trainer=cpu")
+    for typed, message in (
+        ("optimizer=adam", "error: optimizer=adam: model=docs takes no optimizer argument"),
+        ("stepping=fast", "error: LitRegressor does not take fast steps (no fast_steps attribute)"),
+    ):
+        proc = run_train(tmp_path, *ours, typed, check=False)
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr

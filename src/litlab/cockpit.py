@@ -114,7 +114,9 @@ class OptimumGap(L.Callback):
         the model's own problem: a network that is not one linear layer, a regression loss other than MSE
         (least squares), symbol-index inputs; and beyond lstsq_max_rows (regression) or lbfgs_max_rows
         (classes) training rows, where the reference would cost seconds."""
-        if not isinstance(pl_module.net, nn.Linear) or not x.is_floating_point():
+        if not isinstance(pl_module, Model) or not isinstance(pl_module.net, nn.Linear):
+            return None
+        if not x.is_floating_point():
             return None
         if pl_module.hparams.task == "regression":
             if pl_module.loss_name != "mse" or len(x) > self.lstsq_max_rows:
@@ -321,13 +323,21 @@ class FitPictures(L.Callback):
         self.frames: list[Image.Image] = []
         self.line_frames: LineFrames | None = None
         self.recorded, self.last_step, self.drawn_step, self.epochs = 0, -1, -1, 0
+        self.enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.enabled = isinstance(pl_module, Model)  # the pictures need its task and predictions
+        if not self.enabled:
+            log.info(
+                f"no fit pictures: {type(pl_module).__name__} lacks what litlab.models.task.Model declares"
+            )
         # Each record costs tens of ms of drawing: spread at most max_records over a long run.
         total = max_data_epochs(trainer)
         self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
         epochs = data_epoch(trainer)
         crossed = epochs // self.every > self.epochs // self.every
         self.epochs = epochs
@@ -335,6 +345,8 @@ class FitPictures(L.Callback):
             self.record(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled:
+            return
         if self.last_step != trainer.global_step:
             self.record(trainer, pl_module)
         if self.drawn_step != trainer.global_step:

@@ -14,8 +14,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from litlab.checkpoints import check_compatible, check_resumable, load, logger_kwargs, resumed_run
-from litlab.checks import check_config
+from litlab.checkpoints import (
+    check_compatible,
+    check_resumable,
+    command_overrides,
+    load,
+    logger_kwargs,
+    resumed_run,
+)
+from litlab.checks import check_config, parameters
 from litlab.data.base import TASKS, TaskMismatch
 from litlab.errors import ConfigError, Diverged, flat, user_error
 from litlab.stepping import FastSteps, epochs_trained, refuse
@@ -142,10 +149,25 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     data = build_data(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    model = instantiate(
-        cfg.model, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **data.model_kwargs()
-    )
-    return data, model
+    given = {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler, **data.model_kwargs()}
+    return data, instantiate(cfg.model, **accepted_arguments(cfg, given))
+
+
+def accepted_arguments(cfg: DictConfig, given: dict) -> dict:
+    """What the model's constructor takes of the optimizer, scheduler and the data's sizes. A model written
+    as Lightning's docs teach picks its optimizer in configure_optimizers: an optimizer or scheduler typed
+    on the command line is then refused, since it would not be used."""
+    accepted = parameters(get_class(cfg.model._target_))
+    if accepted is None:  # **kwargs
+        return given
+    typed = [o for o in command_overrides() if o.lstrip("+~").startswith(("optimizer", "scheduler"))]
+    for key in ("optimizer", "scheduler"):
+        if key not in accepted and (chosen := [o for o in typed if o.lstrip("+~").startswith(key)]):
+            raise ConfigError(
+                f"{chosen[0]}: {model_choice(cfg)} takes no {key} argument (its configure_optimizers chooses "
+                f"its own): drop {key} settings, or give its constructor a {key} argument"
+            )
+    return {k: v for k, v in given.items() if k in accepted}
 
 
 def trainer_settings(cfg: DictConfig, fast: FastSteps | None, data: L.LightningDataModule) -> dict:
@@ -167,8 +189,9 @@ def train(cfg: DictConfig) -> float:
     check_config(cfg)
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
     data, model = build(cfg)
-    logged = set(model.metric_names) | {"train/gap", "train/optimum_loss"}
-    if cfg.optimized_metric not in logged:  # else EarlyStopping fails at the first check, mid-run
+    logged = set(getattr(model, "metric_names", ())) | {"train/gap", "train/optimum_loss"}
+    # else EarlyStopping fails at the first check, mid-run (a model that declares no metric_names: after)
+    if hasattr(model, "metric_names") and cfg.optimized_metric not in logged:
         raise ConfigError(
             f"optimized_metric={cfg.optimized_metric} is not a metric of this run: "
             f"choose one of {', '.join(sorted(logged))}"
