@@ -66,9 +66,8 @@ class DivergenceGuard(Callback):
     the lowest loss so far; under stepping=fast it checks every optimizer step of a Lightning step
     (`losses` in the step's output) and finds the exact epoch."""
 
-    fast_steps_aware = (
-        True  # its on_train_batch_end reads every optimizer step's loss (src/litlab/stepping.py)
-    )
+    # its on_train_batch_end reads every optimizer step's loss (src/litlab/stepping.py)
+    fast_steps_aware = True
 
     def __init__(self, growth_factor: float | None = None):
         super().__init__()

@@ -141,9 +141,8 @@ def logger_kwargs(logger_cfg: DictConfig, values: dict | None) -> dict:
     so the resumed run logs every step once. `values`: the loaded checkpoint being resumed, or None."""
     if values is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
         return {}
-    return {
-        "purge_step": values["global_step"]
-    }  # the step the logs continue from: they count optimizer steps
+    # the step the logs continue from: they count optimizer steps
+    return {"purge_step": values["global_step"]}
 
 
 class ResumeState(Callback):
