@@ -1,41 +1,58 @@
-# make install | data | train | test | lint | bench | tensorboard | clean
-PYTHON ?= python
+# make install | data | train | test | test-quick | lint | bench | tensorboard | clean
+# `make train` and `make test` set up what they need on first use: a virtual environment in .venv (or the
+# one that is active), torch's CPU build where there is no GPU, and this package with its test tools.
+VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
+PYTHON ?= $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TB_PORT ?= 6006
+INSTALLED := $(VENV)/.litlab-installed
 
-.PHONY: install data train test lint format tensorboard bench clean
+.PHONY: install data train test test-quick lint format tensorboard bench clean
 
-install:
+$(VENV)/bin/python:
+	python3 -m venv $(VENV)
+
+# Again whenever pyproject.toml changes.
+$(INSTALLED): pyproject.toml | $(VENV)/bin/python
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"; \
 	else $(PYTHON) -m pip install --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)+cpu"; fi
 	$(PYTHON) -m pip install -e ".[dev]"
+	@touch $@
+
+install:
+	@rm -f $(INSTALLED)
+	@$(MAKE) --no-print-directory $(INSTALLED)
 
 # The real datasets (wine, bike, text) into data/, each checked against its SHA-256 in data/README.md.
-data:
+data: $(INSTALLED)
 	$(PYTHON) scripts/download.py wine bike text
 
-train:
+train: $(INSTALLED)
 	$(PYTHON) train.py
 
-test:
+test: $(INSTALLED)
 	$(PYTHON) -m pytest
 
-lint:
+# The inner loop: everything but the end-to-end runs marked slow.
+test-quick: $(INSTALLED)
+	$(PYTHON) -m pytest -m "not slow"
+
+lint: $(INSTALLED)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-format:
+format: $(INSTALLED)
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 
-bench:
+bench: $(INSTALLED)
 	$(PYTHON) scripts/bench.py
 
 # Loopback only. TensorBoard keeps 10 images per tag unless told: keep every frame of fit/line.
-tensorboard:
+tensorboard: $(INSTALLED)
 	@echo "TensorBoard at http://127.0.0.1:$(TB_PORT) (logs/; Ctrl-C stops it)"
 	$(PYTHON) -m tensorboard.main --logdir logs --host 127.0.0.1 --port $(TB_PORT) --samples_per_plugin images=1000
 

@@ -4,12 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from litlab.entry import exit_on_user_error, run
-from litlab.inference import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
     try:
+        from litlab.inference import predict  # imports Lightning (seconds): after --help and composing
+
         predict(cfg)
     except Exception as e:
         exit_on_user_error(e)

@@ -10,15 +10,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from litlab.checks import check_config
 from litlab.entry import exit_on_user_error, run
 from litlab.errors import Diverged, user_error
-from litlab.train import train, write_result
+from litlab.sweep import write_result
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     started = time.time()
     try:
+        if cfg.resume is None:  # answered before Lightning is imported (seconds); train() checks too
+            check_config(cfg)
+        from litlab.train import train
+
         return train(cfg)
     except Exception as e:
         if HydraConfig.get().mode != RunMode.MULTIRUN:

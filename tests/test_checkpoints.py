@@ -10,7 +10,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from litlab.checkpoints import load, locate, run_dir_of, saved_config
+from litlab.checkpoints import load, locate, saved_config
+from litlab.entry import run_dir_of
 from litlab.errors import ConfigError
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train

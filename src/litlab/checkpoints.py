@@ -35,17 +35,6 @@ def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
     return run_dir, ckpt
 
 
-def run_dir_of(resume: str | None, new_dir: str) -> str:
-    """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml)."""
-    path = Path(resume).expanduser() if resume else None
-    if path is None or not path.exists():  # train() then says what is wrong with resume= in one line
-        return new_dir
-    return str(path.parent.parent if path.is_file() else path)
-
-
-OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)
-
-
 def load(ckpt: Path) -> dict:
     """A checkpoint's plain values: weights, optimizer and loop state, hparams, normalisation statistics."""
     return torch.load(ckpt, map_location="cpu", weights_only=True)

@@ -1,7 +1,11 @@
 """Up-front checks of a composed config: each failure is one ConfigError line naming the fix.
 
 The constructor signature is the schema: every key under data, model, optimizer, trainer, logger and
-callbacks must be an argument of its `_target_`, with a value of the annotated type."""
+callbacks must be an argument of its `_target_`, with a value of the annotated type.
+
+train.py checks before it imports Lightning (seconds): what needs only torch's classes, and every range,
+comes first, so that most mistakes are answered in a second or two; this module imports Lightning only
+where a check reads Lightning's own classes (the Trainer's and callbacks' arguments, the accelerators)."""
 
 import difflib
 import inspect
@@ -14,7 +18,6 @@ from collections.abc import Iterator
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_object
-from lightning.pytorch.accelerators import AcceleratorRegistry
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from litlab.errors import ConfigError
@@ -25,15 +28,33 @@ PRIMITIVES = (str, int, float, bool)
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that would only fail, or silently mislead, deep inside a run."""
     check_top_level(cfg)
-    for where, node in targets(cfg):
+    for where, node in targets(cfg, TORCH_ONLY):
         check_arguments(where, node)
     check_optimizer(cfg.optimizer)
+    check_ranges(cfg)
+    for where, node in targets(cfg, ("data", "model", "stepping", "trainer", "logger", "callbacks")):
+        check_arguments(where, node)
+    if isinstance(cfg.trainer.accelerator, str):
+        check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
+    if HydraConfig.initialized():
+        check_multirun_strategy(cfg.trainer, HydraConfig.get())
+
+
+# Config nodes whose _target_ imports torch but not Lightning: checked first.
+TORCH_ONLY = ("optimizer", "scheduler", "model.net")
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """Values in range; one of the wrong type is left to check_arguments, which names the type."""
     for key, value in (cfg.get("stepping") or {}).items():
         if key in ("epochs", "batches", "log_every_n_epochs") and not (fits(value, int) and value >= 1):
             raise ConfigError(f"stepping.{key}={value} must be a whole number >= 1")
-    check_trainer(cfg.trainer)
+    for key in ("max_epochs", "check_val_every_n_epoch"):
+        value = cfg.trainer.get(key)
+        if value is None or fits(value, int) and value < 1:
+            raise ConfigError(f"trainer.{key}={value} must be >= 1")
     fraction = cfg.data.get("val_fraction", 0.2)
-    if not 0 <= fraction < 1:
+    if fits(fraction, float) and not 0 <= fraction < 1:
         raise ConfigError(
             f"data.val_fraction={fraction} must be in [0, 1) (0 holds nothing out, as "
             "experiment=book_temperature does): try data.val_fraction=0.2"
@@ -43,22 +64,19 @@ def check_config(cfg: DictConfig) -> None:
             f"data.val_fraction=0 leaves no validation split to compute {cfg.optimized_metric}: "
             "add optimized_metric=train/loss"
         )
-    if HydraConfig.initialized():
-        check_multirun_strategy(cfg.trainer, HydraConfig.get())
 
 
-def targets(cfg: DictConfig) -> Iterator[tuple[str, DictConfig]]:
-    """(key path, node) of every config node that Hydra instantiates."""
-    for group in ("data", "model", "optimizer", "trainer"):
-        yield group, cfg[group]
-    for group in ("scheduler", "stepping", "model.net"):
+def targets(cfg: DictConfig, groups: tuple[str, ...]) -> Iterator[tuple[str, DictConfig]]:
+    """(key path, node) of each config node in these groups that Hydra instantiates; for logger and
+    callbacks, each one under them."""
+    for group in groups:
         node = OmegaConf.select(cfg, group)
-        if isinstance(node, DictConfig) and "_target_" in node:
+        if group in ("logger", "callbacks"):
+            for name, child in (node or {}).items():
+                if isinstance(child, DictConfig) and "_target_" in child:
+                    yield f"{group}.{name}", child
+        elif isinstance(node, DictConfig) and "_target_" in node:
             yield group, node
-    for group in ("logger", "callbacks"):
-        for name, node in (cfg.get(group) or {}).items():
-            if isinstance(node, DictConfig) and "_target_" in node:
-                yield f"{group}.{name}", node
 
 
 def check_arguments(where: str, node: DictConfig) -> None:
@@ -168,6 +186,8 @@ def check_top_level(cfg: DictConfig) -> None:
     for key, hint in (("seed", int), ("optimized_metric", str)):
         if not fits(cfg[key], hint):
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
+    if not 0 <= cfg.seed < 2**32:  # numpy's seed range, which Lightning's seed_everything seeds too
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32): try seed=42")
     if cfg.optimized_mode not in ("min", "max"):
         raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
 
@@ -183,17 +203,10 @@ def check_optimizer(opt: DictConfig) -> None:
         raise ConfigError(f"optimizer.momentum={opt.momentum} must be in [0, 1): try optimizer.momentum=0.9")
 
 
-def check_trainer(trainer: DictConfig) -> None:
-    if trainer.max_epochs is None or trainer.max_epochs < 1:
-        raise ConfigError(f"trainer.max_epochs={trainer.max_epochs} must be >= 1")
-    if trainer.check_val_every_n_epoch is None or trainer.check_val_every_n_epoch < 1:
-        raise ConfigError(f"trainer.check_val_every_n_epoch={trainer.check_val_every_n_epoch} must be >= 1")
-    if isinstance(trainer.accelerator, str):
-        check_devices(trainer.accelerator, trainer.devices)
-
-
 def resolved_accelerator(name: str) -> str:
     """The registered accelerator that `auto` or `gpu` picks here (as Lightning picks it)."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
     available = {n for n in ("cuda", "mps") if AcceleratorRegistry[n]["accelerator"].is_available()}
     if name in ("auto", "gpu"):
         return next((n for n in ("mps", "cuda") if n in available), "cpu" if name == "auto" else "gpu")
@@ -202,6 +215,8 @@ def resolved_accelerator(name: str) -> str:
 
 def check_devices(accelerator: str, devices: object) -> None:
     """The accelerator exists and works here, and there are as many devices as asked for."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
     known = sorted(AcceleratorRegistry.available_accelerators())
     if accelerator not in (*known, "auto", "gpu"):
         raise ConfigError(
@@ -252,6 +267,8 @@ def device_count(devices: object) -> int | None:
 def several_ranks(trainer: DictConfig) -> bool:
     """Whether the Trainer runs more than one process: several devices (auto and -1 take all of the
     accelerator's, as Lightning does: every GPU, one CPU or MPS device), or several nodes."""
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+
     devices = trainer.get("devices", "auto")
     if devices in ("auto", -1, "-1"):
         name = resolved_accelerator(str(trainer.get("accelerator", "auto")))

@@ -151,23 +151,30 @@ class OptimumGap(L.Callback):
         step = trainer.global_step
         add_described_scalar(writer, "train/optimum_loss", self.optimum, step, f"Loss of {how}.")
         add_described_scalar(
-            writer, "train/gap", start - self.optimum, step, f"train/loss minus the loss of {how}."
+            writer, "train/gap", gap(start, self.optimum), step, f"train/loss minus the loss of {how}."
         )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")  # this epoch's mean, as logged
         if self.optimum is None or loss is None or not metrics_due(trainer):
             return
-        gap = float(loss) - self.optimum
+        distance = gap(float(loss), self.optimum)
         writer = tensorboard_writer(trainer)
         if last_epoch(trainer) or writer is None:  # through Lightning: metrics.json, every logger
             pl_module.log("train/optimum_loss", self.optimum)
-            pl_module.log("train/gap", gap)
+            pl_module.log("train/gap", distance)
             return
         # Elsewhere straight to TensorBoard, at train/loss's step: self.log costs ~0.5 ms a call.
         step = trainer.global_step - 1
         writer.add_scalar("train/optimum_loss", self.optimum, step)
-        writer.add_scalar("train/gap", gap, step)
+        writer.add_scalar("train/gap", distance, step)
+
+
+def gap(loss: float, optimum: float) -> float:
+    """loss - optimum, and 0 within float32's precision of the loss: a float32 mean over the split lands a
+    rounding error either side of the float64 optimum, and a gap is never below zero."""
+    distance = loss - optimum
+    return 0.0 if distance <= 8 * torch.finfo(torch.float32).eps * abs(loss) else distance
 
 
 def rgb(canvas) -> Image.Image:

@@ -2,9 +2,11 @@
 
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -15,13 +17,25 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 # ModelCheckpoint(save_on_train_epoch_end) on an epoch without validation, where val/loss is not yet
 # logged; optimized_metric is checked up front (train.py), so the warning says nothing about the run.
 warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
-# Lightning advertises a cloud logger at every start.
+# Lightning advertises a cloud logger at every start, and lists the accelerators it did not use (train.py's
+# own first line says where the run trains).
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda r: "litlogger" not in r.getMessage()
+    lambda r: "litlogger" not in r.getMessage() and not re.match(r"[GTHI]PU available: ", r.getMessage())
 )
 # Run directories end in _<microseconds>-<pid>: two runs started at the same moment never share one.
 # Cached in the config, like Hydra's ${now:}: a parallel launcher's worker keeps the sweep's directory.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
+
+
+def run_dir_of(resume: str | None, new_dir: str) -> str:
+    """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml)."""
+    path = Path(resume).expanduser() if resume else None
+    if path is None or not path.exists():  # train() then says what is wrong with resume= in one line
+        return new_dir
+    return str(path.parent.parent if path.is_file() else path)
+
+
+OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)
 FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, before run() sets it for Hydra
 
 

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
 from litlab.errors import ConfigError
-from litlab.train import build, write_result
+from litlab.sweep import write_result
+from litlab.train import build
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,16 @@ LOWER_IS_BETTER = (
     "bits",
     "perplexity",
 )  # metric names ending so; every other metric is better higher
+
+
+def write_result(out_dir: Path, status: str, metrics: dict, started: float, error: str = "") -> None:
+    """metrics.json in the run directory: how the run ended (ok, diverged, failed) and its final metrics.
+
+    Sweep summaries read these; a failed job writes one too, with the first line of its error."""
+    result = {"status": status, "metrics": metrics, "duration_s": round(time.time() - started, 3)}
+    if error:
+        result["error"] = error.splitlines()[0] if error.strip() else error
+    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
 def mode_of(metric: str, optimized_metric: str, optimized_mode: str) -> str:

@@ -1,6 +1,5 @@
 """Config to objects in one place: build data, model and trainer, fit, log, return the optimised metric."""
 
-import json
 import logging
 import math
 import time
@@ -26,8 +25,14 @@ from litlab.checks import check_config, parameters
 from litlab.data.base import TASKS, TaskMismatch
 from litlab.errors import ConfigError, Diverged, flat, user_error
 from litlab.stepping import FastSteps, epochs_trained, refuse
+from litlab.sweep import write_result
 
 log = logging.getLogger(__name__)
+# `import lightning` gives its logger a console handler of its own; Hydra's logging (conf/hydra) prints
+# Lightning's messages already, once, into the console and the run's log file.
+for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(name).handlers.clear()
+    logging.getLogger(name).propagate = True
 
 
 def flatten(values: dict, prefix: str = "") -> dict:
@@ -53,16 +58,6 @@ def hparams_of(cfg: DictConfig) -> dict:
             str(chosen["trainer"][key]) if key != "max_epochs" else chosen["trainer"][key]
         )
     return flat
-
-
-def write_result(out_dir: Path, status: str, metrics: dict, started: float, error: str = "") -> None:
-    """metrics.json in the run directory: how the run ended (ok, diverged, failed) and its final metrics.
-
-    Sweep summaries read these; a failed job writes one too, with the first line of its error."""
-    result = {"status": status, "metrics": metrics, "duration_s": round(time.time() - started, 3)}
-    if error:
-        result["error"] = error.splitlines()[0] if error.strip() else error
-    (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
 def fit(
@@ -221,7 +216,8 @@ def train(cfg: DictConfig) -> float:
     how = fast.describe() if fast is not None else "stepping=lightning"
     log.info(
         f"{data.describe()}; {model_choice(cfg)}, optimizer={hparams_of(cfg)['optimizer']} "
-        f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}"
+        f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}, on {trainer.num_devices} "
+        f"{trainer.strategy.root_device.type}"
     )
 
     stopped, metrics = fit(trainer, model, data, resume_ckpt)
@@ -242,7 +238,10 @@ def train(cfg: DictConfig) -> float:
     status = finish(cfg, trainer, stopped, metrics, epochs, started)
     if stopped is not None:
         raise stopped
-    log.info(f"{status}: " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(metrics.items())))
+    shown = {k: f"{v:.6g}" for k, v in sorted(metrics.items())}
+    if metrics.get("train/gap") == 0:  # within float32's precision of the float64 optimum (cockpit.gap)
+        shown["train/gap"] = "0 (at the optimum)"
+    log.info(f"{status}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
     log.info(f"run directory: {out_dir}")
     log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}")
     return metrics[cfg.optimized_metric]

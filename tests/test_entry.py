@@ -1,0 +1,108 @@
+"""What a user sees first: a mistake answered before Lightning is imported, and a plain console."""
+
+import os
+import pty
+import re
+import subprocess
+import sys
+
+import pytest
+
+from litlab.cockpit import gap
+from tests.conftest import ROOT
+
+ESCAPE = "\x1b["
+
+
+def imported_modules(root, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`python train.py args` with Python's import log: (the process, every module it imported)."""
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPROFILEIMPORTTIME": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.MULTILINE))
+    return proc, modules
+
+
+@pytest.mark.parametrize(
+    "arg, answer",
+    [
+        ("--help", "== Configuration groups =="),
+        ("model=foo", "error: there is no model=foo"),
+        ("optimizer.lrr=0.1", "error: optimizer.lrr is not a key of optimizer"),
+        ("optimizer.lr=fast", "error: optimizer.lr='fast' is not a number"),
+        ("optimizer.lr=-1", "error: optimizer.lr=-1 must be > 0"),
+        ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
+        ("seed=-1", "error: seed=-1 must be in [0, 2**32)"),
+        ("data.val_fraction=2", "error: data.val_fraction=2 must be in [0, 1)"),
+    ],
+)
+def test_mistakes_and_help_are_answered_before_lightning_is_imported(tmp_path, arg, answer):
+    proc, modules = imported_modules(tmp_path, arg)
+    assert answer in proc.stdout + proc.stderr
+    assert "hydra" in modules and not {m for m in modules if m.split(".")[0] == "lightning"}
+    if arg.startswith(("--", "model=", "optimizer.lrr")):  # composing alone: not even torch
+        assert "torch" not in modules
+
+
+def test_a_type_error_in_lightnings_own_arguments_is_answered_after_importing_it(tmp_path):
+    proc, modules = imported_modules(tmp_path, "trainer.max_epochs=abc")
+    assert "error: trainer.max_epochs='abc' is not an integer" in proc.stderr
+    assert "lightning.pytorch.trainer.trainer" in modules  # its signature is the schema (litlab.checks)
+
+
+def console(root, terminal: bool, **env: str) -> subprocess.Popen:
+    """A sweep of one failing job (Hydra's and the job's log lines), started writing to a terminal (a pty,
+    whose reading end is the process's `terminal` attribute) or to a pipe."""
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=basic", "optimizer.lr=-1"]
+    environ = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")} | env
+    command.append(f"paths.root_dir={root}")
+    if not terminal:
+        return subprocess.Popen(command, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    reading, writing = pty.openpty()
+    proc = subprocess.Popen(command, env=environ, stdout=writing, stderr=writing)
+    os.close(writing)
+    proc.terminal = reading
+    return proc
+
+
+def output(proc: subprocess.Popen) -> str:
+    if not hasattr(proc, "terminal"):
+        return proc.communicate(timeout=120)[0].decode()
+    out = b""
+    while True:
+        try:
+            chunk = os.read(proc.terminal, 4096)
+        except OSError:  # the writing end is closed: all read
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(proc.terminal)
+    proc.wait(timeout=120)
+    return out.decode()
+
+
+@pytest.mark.slow
+def test_colours_only_on_a_terminal_and_never_with_no_color(tmp_path):
+    roots = [tmp_path / name for name in ("terminal", "no_color", "pipe")]
+    procs = [console(roots[0], True), console(roots[1], True, NO_COLOR="1"), console(roots[2], False)]
+    on_terminal, no_color, piped = map(output, procs)
+    assert "Launching 1 jobs" in on_terminal and ESCAPE in on_terminal
+    for out in (no_color, piped):
+        assert "Launching 1 jobs" in out and "job failed" in out and ESCAPE not in out
+    for root in roots:
+        [log] = root.rglob("train.log")
+        assert "job failed" in log.read_text() and ESCAPE not in log.read_text()
+
+
+def test_a_gap_is_never_below_zero():
+    assert gap(2.2515800, 2.2515801) == 0.0  # float32 loss a rounding error below the float64 optimum
+    assert gap(2.25158 * (1 + 2**-23), 2.25158) == 0.0  # and above it: at the optimum all the same
+    assert gap(2.5, 2.25) == pytest.approx(0.25)
+    assert gap(1.0, 1.5) == 0.0  # below an approximate reference (L-BFGS): at it
