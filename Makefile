@@ -7,6 +7,7 @@ TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TB_PORT ?= 6006
+LOGDIR ?= logs
 INSTALLED := $(VENV)/.litlab-installed
 
 .PHONY: install data train test test-quick lint format tensorboard bench clean
@@ -52,9 +53,10 @@ bench: $(INSTALLED)
 	$(PYTHON) scripts/bench.py
 
 # Loopback only. TensorBoard keeps 10 images per tag unless told: keep every frame of fit/line.
+# It opens on Custom Scalars: the losses first, train and val on one chart (src/litlab/cockpit.py).
 tensorboard: $(INSTALLED)
-	@echo "TensorBoard at http://127.0.0.1:$(TB_PORT) (logs/; Ctrl-C stops it)"
-	$(PYTHON) -m tensorboard.main --logdir logs --host 127.0.0.1 --port $(TB_PORT) --samples_per_plugin images=1000
+	@echo "TensorBoard at http://127.0.0.1:$(TB_PORT)/#custom_scalars ($(LOGDIR)/; Ctrl-C stops it)"
+	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR) --host 127.0.0.1 --port $(TB_PORT) --samples_per_plugin images=1000
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

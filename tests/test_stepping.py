@@ -14,7 +14,7 @@ from lightning.pytorch.trainer.connectors.logger_connector.logger_connector impo
 from litlab.errors import ConfigError
 from litlab.train import train
 from tests.conftest import CONF, SHARED_DATA, run_train
-from tests.test_train import events
+from tests.test_train import events, hparams_session
 
 FAST = ("stepping=fast", "stepping.epochs=20", "stepping.batches=2")
 # data for each task: (overrides, minibatch size)
@@ -59,7 +59,7 @@ def test_every_model_trains_exactly_max_epochs_in_either_stepping(cfg_factory, m
     runs = [run(cfg_factory, *common, "stepping=lightning"), run(cfg_factory, *common, *FAST)]
     for _, ckpt, acc in runs:
         steps = ckpt["global_step"]
-        assert steps % 70 == 0 and acc.Scalars("final/epochs")[0].value == 70
+        assert steps % 70 == 0 and hparams_session(acc)[0]["epochs"] == 70
         assert acc.Scalars("train/loss")[-1].step == steps - 1  # TensorBoard's x-axis: optimizer steps
         per_epoch = steps // 70
         assert [e.step for e in acc.Scalars("val/loss")][:2] == [30 * per_epoch - 1, 60 * per_epoch - 1]

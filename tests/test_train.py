@@ -1,5 +1,6 @@
 """End to end, as a user: run train.py, then read the console, event files, config and checkpoints."""
 
+import json
 import sys
 
 import pytest
@@ -20,13 +21,13 @@ def events(run_dir):
     return acc
 
 
-def hparams_session(acc) -> tuple[dict, set]:
-    """(hparams, metric tags) of the run's HParams session."""
+def hparams_session(acc) -> tuple[dict, list]:
+    """(hparams, metric tags in their order) of the run's HParams session."""
     content = acc.PluginTagToContent("hparams")
     start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     exp = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/experiment"])
     values = {k: v.number_value or v.string_value for k, v in start.session_start_info.hparams.items()}
-    return values, {m.name.tag for m in exp.experiment.metric_infos}
+    return values, [m.name.tag for m in exp.experiment.metric_infos]
 
 
 @pytest.mark.slow
@@ -40,11 +41,16 @@ def test_default_run_writes_events_config_and_checkpoints(tmp_path):
     assert [e.step for e in loss] == list(range(1000))  # x-axis: optimizer steps, epochs on full-batch data
     assert loss[-1].value < loss[0].value / 5
     assert {"val/loss", "val/r2", "train/mae"} <= set(acc.Tags()["scalars"])
+    assert "epoch" not in acc.Tags()["scalars"]  # Lightning's counter: no card of its own
+    assert not [t for t in acc.Tags()["scalars"] if t.startswith("final/")]  # no single-point copies
     hp, metric_tags = hparams_session(acc)
-    assert hp["optimizer"] == "SGD" and hp["data.scaling"] == "standardize"
-    assert "final/val/loss" in metric_tags
-    final = acc.Scalars("final/val/loss")[-1].value
-    assert final == pytest.approx(acc.Scalars("val/loss")[-1].value) and final > 0  # a real value, not -1
+    assert hp["optimizer"] == "SGD" and hp["data.scaling"] == "standardize" and hp["data"] == "temperature"
+    assert hp["status"] == "ok" and hp["epochs"] == 1000
+    assert list(metric_tags)[:3] == ["val/loss", "train/loss", "train/gap"]  # the optimised metric first
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert acc.Scalars("val/loss")[-1].value == pytest.approx(metrics["val/loss"])  # HParams shows this one
+    assert "train/gap=0 (at the optimum)" in proc.stderr + proc.stdout
+    assert "\x1b[" not in proc.stderr + proc.stdout and "GPU available" not in proc.stderr + proc.stdout
     saved = OmegaConf.load(run / "config.yaml")
     assert saved.model.tasks == ["regression"] and saved.data._target_.endswith("TemperatureData")
     assert {p.name for p in (run / "checkpoints").iterdir()} == {"best.ckpt", "last.ckpt"}

@@ -6,7 +6,9 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.errors import ConfigError
@@ -128,7 +130,7 @@ def resumed_run(cfg: DictConfig) -> tuple[DictConfig, Path | None]:
 def logger_kwargs(logger_cfg: DictConfig, values: dict | None) -> dict:
     """TensorBoard drops the events a killed run logged after its checkpoint (SummaryWriter's purge_step),
     so the resumed run logs every step once. `values`: the loaded checkpoint being resumed, or None."""
-    if values is None or not logger_cfg._target_.endswith("TensorBoardLogger"):
+    if values is None or not issubclass(get_class(logger_cfg._target_), TensorBoardLogger):
         return {}
     # the step the logs continue from: they count optimizer steps
     return {"purge_step": values["global_step"]}

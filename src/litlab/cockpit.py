@@ -1,4 +1,5 @@
-"""TensorBoard as the cockpit: distance to the optimum, pictures of the fit, the run's config as text.
+"""TensorBoard as the cockpit: a logger laid out for the answer, distance to the optimum, pictures of the fit,
+the run's config as text.
 
 Matplotlib is imported inside the hooks that draw, so `python train.py` only pays for it when a
 picture is due."""
@@ -6,6 +7,7 @@ picture is due."""
 import io
 import logging
 import math
+import re
 from pathlib import Path
 from textwrap import indent
 
@@ -13,15 +15,74 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from litlab.models.task import Model
 from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
 
 log = logging.getLogger(__name__)
+
+
+STAGES = ("train", "val", "test")
+
+
+class TensorBoard(TensorBoardLogger):
+    """Lightning's TensorBoardLogger, laid out so that TensorBoard opens on the answer:
+
+    - a custom-scalars layout (`make tensorboard` opens on it): the losses first, train and val and the
+      optimum on one chart, then each metric's train, val and test curves on one chart;
+    - no `epoch` card: Lightning adds its epoch counter to every log_metrics call;
+    - `log_results` writes the HParams entry: the keys the command line sweeps (or typed) first, the
+      optimised metric first, and as metric values the last point of each curve, so that no single-point
+      copy of the final values crowds Time Series and Scalars."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.charted: set[str] = set()
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        metrics = {k: v for k, v in metrics.items() if k != "epoch"}
+        super().log_metrics(metrics, step)
+        if not metrics.keys() <= self.charted:  # a new metric: the layout again (the last one written counts)
+            self.charted |= metrics.keys()
+            self.experiment.add_custom_scalars(layout(self.charted))
+
+    @rank_zero_only
+    def log_results(self, hparams: dict, metrics: list[str], first: list[str]) -> None:
+        """The HParams entry: hparams (plain values), the metric tags whose last values it shows (in this
+        order), and the hparams to list first (HParams lists those marked as differing first)."""
+        experiment, start, end = hparams_summaries(hparams, dict.fromkeys(metrics, 0.0))
+        content = HParamsPluginData.FromString(experiment.value[0].metadata.plugin_data.content)
+        for info in content.experiment.hparam_infos:
+            info.differs = info.name in first
+        experiment.value[0].metadata.plugin_data.content = content.SerializeToString()
+        writer = self.experiment._get_file_writer()  # as Lightning's log_hyperparams writes them
+        for summary in (experiment, start, end):
+            writer.add_summary(summary)
+
+
+def layout(tags: set[str]) -> dict:
+    """The custom-scalars layout for these scalar tags: {category: {chart: ["Multiline", [tag regex]]}}."""
+    names = sorted({t.split("/", 1)[1] for t in tags if t.split("/")[0] in STAGES})
+    stages = "^(train|val|test)/"
+    losses = {"loss": ["Multiline", [stages + "loss$", "^train/optimum_loss$"]]}  # the optimum: a flat line
+    if "gap" in names:
+        losses["gap to the optimum"] = ["Multiline", ["^train/gap$"]]
+    charts = {"losses": losses}
+    others = [n for n in names if n not in ("loss", "gap", "optimum_loss")]
+    if others:
+        charts["metrics"] = {n: ["Multiline", [stages + re.escape(n) + "$"]] for n in others}
+    rest = sorted(t for t in tags if t.split("/")[0] not in STAGES)  # lr, and a user's own
+    if rest:
+        charts["other"] = {t: ["Multiline", ["^" + re.escape(t) + "$"]] for t in rest}
+    return charts
 
 
 def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:

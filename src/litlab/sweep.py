@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checks import check_multirun_strategy
@@ -40,6 +42,25 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
     if error:
         result["error"] = error.splitlines()[0] if error.strip() else error
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
+
+
+def swept_keys() -> list[str]:
+    """The keys this run's command varies: in a multirun, those its command line sweeps (a,b  range()
+    choice() interval()) and the sweeper's params (an Optuna search space); in a single run, those typed."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if not HydraConfig.initialized():
+        return []
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return [parse_override(o)[0] for o in hydra.overrides.task]
+    saved = Path(hydra.sweep.dir, "multirun.yaml")  # the sweep's own config: its command line, unsplit
+    typed = list(OmegaConf.load(saved).hydra.overrides.task) if saved.is_file() else []
+    params = [f"{k}={v}" for k, v in (hydra.sweeper.get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*typed, *params])
+    return list(
+        dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override() and not o.is_hydra_override())
+    )
 
 
 def mode_of(metric: str, optimized_metric: str, optimized_mode: str) -> str:

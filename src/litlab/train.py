@@ -9,7 +9,6 @@ import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,10 +21,11 @@ from litlab.checkpoints import (
     resumed_run,
 )
 from litlab.checks import check_config, parameters
+from litlab.cockpit import TensorBoard
 from litlab.data.base import TASKS, TaskMismatch
 from litlab.errors import ConfigError, Diverged, flat, user_error
 from litlab.stepping import FastSteps, epochs_trained, refuse
-from litlab.sweep import write_result
+from litlab.sweep import swept_keys, write_result
 
 log = logging.getLogger(__name__)
 # `import lightning` gives its logger a console handler of its own; Hydra's logging (conf/hydra) prints
@@ -46,13 +46,21 @@ def flatten(values: dict, prefix: str = "") -> dict:
     return flat
 
 
+def plain(value: object) -> int | float | str | bool:
+    """A value as TensorBoard's HParams takes it: numbers, strings and flags as they are, else as text."""
+    return value if isinstance(value, int | float | str | bool) else str(value)
+
+
 def hparams_of(cfg: DictConfig) -> dict:
     """The run's choices as flat plain values for TensorBoard's HParams tab."""
     chosen = OmegaConf.to_container(cfg, resolve=True)
     flat = {"seed": chosen["seed"], "optimizer": chosen["optimizer"]["_target_"].rsplit(".", 1)[-1]}
+    if HydraConfig.initialized():  # data=wine, model=mlp, ...: the options as typed
+        choices = HydraConfig.get().runtime.choices
+        flat |= {g: choices[g] for g in ("data", "model", "scheduler", "experiment") if choices.get(g)}
     for group in ("data", "model", "optimizer", "scheduler"):
         for key, value in flatten(chosen.get(group) or {}).items():
-            flat[f"{group}.{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+            flat[f"{group}.{key}"] = plain(value)
     for key in ("max_epochs", "accelerator", "devices", "precision"):
         flat[f"trainer.{key}"] = (
             str(chosen["trainer"][key]) if key != "max_epochs" else chosen["trainer"][key]
@@ -94,11 +102,13 @@ def finish(
     """Record how the run ended (ok, diverged, interrupted) in TensorBoard's hparams and metrics.json."""
     status = "ok" if stopped is None else "diverged" if isinstance(stopped, Diverged) else "interrupted"
     for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):  # real final values, never a placeholder hp_metric
-            hparams = {**hparams_of(cfg), "status": status}
-            # final/epochs: how far each run got (also a run that stopped before logging anything)
-            final = {"final/epochs": epochs, **{f"final/{k}": v for k, v in metrics.items()}}
-            logger.log_hyperparams(hparams, final)
+        if isinstance(logger, TensorBoard):  # real final values: each curve's last point
+            swept = swept_keys()
+            hparams = {**hparams_of(cfg), "status": status, "epochs": epochs}  # how far each run got
+            for key in swept:  # a swept key that hparams_of leaves out (callbacks.*, a user's own)
+                hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
+            order = [cfg.optimized_metric, "train/loss", "val/loss", *sorted(metrics)]
+            logger.log_results(hparams, list(dict.fromkeys(order)), swept)
             logger.finalize("success" if status == "ok" else "failed")
     error = str(stopped or "").removeprefix("error: ")
     write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
@@ -243,5 +253,5 @@ def train(cfg: DictConfig) -> float:
         shown["train/gap"] = "0 (at the optimum)"
     log.info(f"{status}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
     log.info(f"run directory: {out_dir}")
-    log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}")
+    log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}, at http://localhost:6006/#custom_scalars")
     return metrics[cfg.optimized_metric]
