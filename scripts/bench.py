@@ -6,7 +6,8 @@
 (c) start-up of `python train.py` for one step vs `import lightning`;
 (d) a 27-job sweep through `train.py -m` vs a plain script doing the same 27 fits;
 (e) cost growth with size: generated regression at 1e4 ... 1e7 rows x 64, samples/s and peak RSS, and the
-    whole one-epoch run at 1e7 rows beside a plain script's.
+    whole one-epoch run at 1e7 rows beside a plain script's;
+(g) how long a mistake (and --help) takes to answer: `python train.py <mistake>`, wall seconds.
 Prints a Markdown table of medians and ratios and saves it (default logs/bench.md).
 """
 
@@ -251,10 +252,35 @@ def growth() -> dict:
     return {"sizes": sizes, "whole_s": whole, "plain_whole_s": plain}
 
 
-def wall(cmd: list[str], cwd: Path) -> float:
+def wall(cmd: list[str], cwd: Path, check: bool = True) -> float:
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, check=True, capture_output=True)
+    subprocess.run(cmd, cwd=cwd, check=check, capture_output=True)
     return time.perf_counter() - start
+
+
+# (g): (what a user types, the target in seconds): unknown options and keys are Hydra's, before any import of
+# torch; type and range errors need torch's classes; None: a type error in a Trainer argument, whose check
+# reads Lightning's own signature (importing Lightning takes seconds).
+ANSWERS = [
+    ("--help", 1.5),
+    ("model=nosuch", 1.5),
+    ("optimizer.lrr=0.1", 1.5),
+    ("optimizer.lr=fast", 3.0),
+    ("optimizer.lr=-1", 3.0),
+    ("seed=-1", 3.0),
+    ("trainer.max_epochs=0", 3.0),
+    ("trainer.max_epochs=abc", None),
+]
+
+
+def bench_answers(repeats: int) -> dict[str, float]:
+    """(g) the median wall seconds of `python train.py <mistake>` for each of ANSWERS."""
+    with tempfile.TemporaryDirectory() as tmp:
+        command = [sys.executable, str(ROOT / "train.py"), f"paths.root_dir={tmp}"]
+        return {
+            arg: statistics.median(wall([*command, arg], ROOT, check=False) for _ in range(repeats))
+            for arg, _ in ANSWERS
+        }
 
 
 # The plain 27 fits run in their own interpreter that imports torch only (not Lightning).
@@ -305,10 +331,24 @@ def row(label: str, template: float, plain: float, unit: str, target: str, rate:
     return label, shown.format(template), shown.format(plain), f"{ratio:.2f}x", target
 
 
-def table(a: dict, b: dict, bandwidth: float, c: dict, e: dict) -> str:
-    """The Markdown table of every measure: template, plain, their ratio, the target."""
-    us = (a["template_s"] / 5000 * 1e6, a["plain_s"] / 5000 * 1e6)
+def table(a: dict | None, b: dict, bandwidth: float, c: dict, e: dict, g: dict) -> str:
+    """The Markdown table of every measure: template, plain, their ratio, the target (a None: (g) alone)."""
     rows = [("measure", "template", "plain", "ratio", "target")]
+    if a is not None:
+        rows += comparisons(a, b, bandwidth, c, e)
+    for arg, target in ANSWERS:
+        wanted = f"<= {target} s" if target else "(reads Lightning's Trainer)"
+        rows.append((f"(g) `python train.py {arg}` answered: s", f"{g[arg]:.2f}", "", "", wanted))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def comparisons(a: dict, b: dict, bandwidth: float, c: dict, e: dict) -> list[tuple]:
+    """The rows (a) to (e): the template beside plain PyTorch."""
+    us = (a["template_s"] / 5000 * 1e6, a["plain_s"] / 5000 * 1e6)
+    rows = []
     rows.append(row(f"(a) book fit, 5000 epochs: us/epoch (loss {a['loss']:.6f})", *us, "us", "<= 2.0x"))
     for mode, (t, p) in b.items():
         label = f"(b) 2M x 64, batch 8192, data.shuffle={mode}: samples/s (median epoch, 3 x {EPOCHS})"
@@ -336,10 +376,7 @@ def table(a: dict, b: dict, bandwidth: float, c: dict, e: dict) -> str:
         rows.append(row(label, n / t["seconds"], n / p["seconds"], "", ">= 0.8x", rate=True))
     label = "(e) the whole one-epoch `train.py` run at 1e7 x 64 vs a plain script: wall s"
     rows.append(row(label, e["whole_s"], e["plain_whole_s"], "s", "<= 1.5x"))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
+    return rows
 
 
 def main() -> None:
@@ -349,6 +386,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="internal: epochs of the part")
     parser.add_argument("--shuffle", default="rows", help="internal: data.shuffle of the part")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only-g", action="store_true", help="only (g), the answers to mistakes (a minute)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
@@ -356,13 +394,18 @@ def main() -> None:
         part = big_template if args.part == "big-template" else big_plain
         print(json.dumps(part(args.n, args.epochs, args.shuffle)))
         return
+    g = bench_answers(args.repeats)
+    if args.only_g:
+        report = table(None, {}, 0.0, {}, {}, g) + "\n"
+        print(report)
+        return
     a = bench_book(args.repeats)
     b = {mode: alternating(3, N, EPOCHS, mode) for mode in ("rows", "batches")}
     bandwidth = read_bandwidth_gbs()
     c = bench_processes(max(3, args.repeats // 2))
     e = growth()
     report = f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads)\n\n"
-    report += table(a, b, bandwidth, c, e) + "\n"
+    report += table(a, b, bandwidth, c, e, g) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

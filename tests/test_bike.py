@@ -83,6 +83,7 @@ def test_log_target_and_bad_values(tmp_path):
         BikeData(str(PATH), view="weekly")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["hourly", "daily"])
 def test_short_run_beats_the_train_mean(cfg_factory, tmp_path, view):
     cfg = cfg_factory(

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ FULL_BATCH = (
     "data.preset=generated",
     "optimizer=adam",
     "trainer=cpu",
-    "trainer.max_epochs=10000",
+    "trainer.max_epochs=5000",
     "callbacks.last_checkpoint.every_s=0",
 )
 # One optimizer step per Lightning step: 32 minibatches an epoch.
@@ -78,7 +79,7 @@ def wait_for_epoch(run_root, epoch: int, proc: subprocess.Popen) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "args,steps",
-    [(MINIBATCH, 60 * 64), (FULL_BATCH, 10000), (LIGHTNING, 25 * 32)],
+    [(MINIBATCH, 60 * 64), (FULL_BATCH, 5000), (LIGHTNING, 25 * 32)],
     ids=["minibatch", "full", "lightning"],
 )
 def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_path, args, steps):
@@ -89,10 +90,10 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     [run] = run_dirs(tmp_path)
     stopped_at = load(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 0 < stopped_at < steps
-    run_train(tmp_path, f"resume={run}")
-
-    unbroken = compose_train(tmp_path / "unbroken", *args)
-    train(unbroken)
+    with ThreadPoolExecutor() as pool:  # the resumed run in its process, the unbroken one here, at once
+        resumed = pool.submit(run_train, tmp_path, f"resume={run}")
+        train(compose_train(tmp_path / "unbroken", *args))
+        resumed.result()
     resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
     assert resumed["global_step"] == reference["global_step"] == steps
     for key, value in reference["state_dict"].items():
@@ -105,21 +106,26 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     assert [e.value for e in logged] == [e.value for e in expected]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepping", ["stepping=lightning", "stepping=fast"])
 def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path, stepping):
     """Without a validation split a fast step holds 250 epochs: 200 end inside one, and 400 go on from it."""
     common = ("trainer=cpu", "optimizer=adam", "data.val_fraction=0", "optimized_metric=train/loss", stepping)
     train(compose_train(tmp_path, *common, "trainer.max_epochs=200"))
     run = tmp_path / "run"
-    run_train(tmp_path, f"resume={run}", "trainer.max_epochs=400")  # trainer.* overrides a saved run
-    unbroken = compose_train(tmp_path / "unbroken", *common, "trainer.max_epochs=400")
-    train(unbroken)
+    with ThreadPoolExecutor() as pool:  # the resumed run in its process, the unbroken one here, at once
+        resumed = pool.submit(
+            run_train, tmp_path, f"resume={run}", "trainer.max_epochs=400"
+        )  # trainer.*: honoured
+        train(compose_train(tmp_path / "unbroken", *common, "trainer.max_epochs=400"))
+        resumed.result()
     resumed, reference = (load(d / "checkpoints" / "last.ckpt") for d in (run, tmp_path / "unbroken" / "run"))
     assert resumed["global_step"] == reference["global_step"] == 400
     for key, value in reference["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
 
 
+@pytest.mark.slow
 def test_resume_of_a_finished_run_reloads_its_config_and_changes_nothing(tmp_path):
     first = compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=150", "optimizer.lr=0.05")
     loss = train(first)

@@ -146,6 +146,7 @@ def trains_or_says_why(root, overrides: list[str]) -> str:
     return "trained"
 
 
+@pytest.mark.slow
 def test_random_overrides_train_or_fail_in_one_line(tmp_path):
     rng = random.Random(20260523)
     outcomes = []

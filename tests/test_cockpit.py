@@ -69,6 +69,7 @@ def test_calibration_of_calibrated_probabilities_lies_on_the_diagonal():
     torch.testing.assert_close(positives, mean_prob, atol=1e-2, rtol=0)
 
 
+@pytest.mark.slow
 def test_gap_reaches_zero_for_a_long_sgd_run_and_stays_positive_for_a_short_one(tmp_path):
     all_points = ("data.val_fraction=0.0", "optimized_metric=train/loss")
     runs = {n: fit(tmp_path / str(n), *POINTS30, *all_points, f"trainer.max_epochs={n}") for n in (20, 3000)}
@@ -103,6 +104,7 @@ def test_fitted_line_frames_and_gif_have_one_frame_per_recorded_epoch(tmp_path):
     assert "preset: points30" in config and "_target_: litlab.cockpit.FitPictures" in config
 
 
+@pytest.mark.slow
 def test_classification_pictures_have_the_configured_size_and_steps(tmp_path):
     run = fit(
         tmp_path,
@@ -122,6 +124,7 @@ def test_classification_pictures_have_the_configured_size_and_steps(tmp_path):
     assert acc.Scalars("train/gap")[-1].value > 0
 
 
+@pytest.mark.slow
 def test_fused_steps_log_the_train_loss_every_50_epochs_as_unfused_steps_do(tmp_path):
     # 100 epochs a Lightning step (validation every 100): the loss at epoch 50 of each step goes
     # straight to the loggers, the step's last through self.log; both equal one-epoch steps' values.

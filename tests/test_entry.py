@@ -14,46 +14,46 @@ from tests.conftest import ROOT
 ESCAPE = "\x1b["
 
 
-def imported_modules(root, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """`python train.py args` with Python's import log: (the process, every module it imported)."""
+def start(root, *args: str) -> subprocess.Popen:
+    """`python train.py args` with Python's import log on stderr."""
     env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPROFILEIMPORTTIME": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"]
+    return subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    modules = set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", proc.stderr, re.MULTILINE))
-    return proc, modules
 
 
-@pytest.mark.parametrize(
-    "arg, answer",
-    [
-        ("--help", "== Configuration groups =="),
-        ("model=foo", "error: there is no model=foo"),
-        ("optimizer.lrr=0.1", "error: optimizer.lrr is not a key of optimizer"),
-        ("optimizer.lr=fast", "error: optimizer.lr='fast' is not a number"),
-        ("optimizer.lr=-1", "error: optimizer.lr=-1 must be > 0"),
-        ("trainer.max_epochs=0", "error: trainer.max_epochs=0 must be >= 1"),
-        ("seed=-1", "error: seed=-1 must be in [0, 2**32)"),
-        ("data.val_fraction=2", "error: data.val_fraction=2 must be in [0, 1)"),
-    ],
-)
-def test_mistakes_and_help_are_answered_before_lightning_is_imported(tmp_path, arg, answer):
-    proc, modules = imported_modules(tmp_path, arg)
-    assert answer in proc.stdout + proc.stderr
-    assert "hydra" in modules and not {m for m in modules if m.split(".")[0] == "lightning"}
-    if arg.startswith(("--", "model=", "optimizer.lrr")):  # composing alone: not even torch
-        assert "torch" not in modules
+def answer(proc: subprocess.Popen) -> tuple[str, set[str]]:
+    """(what it printed, every module it imported) once it ends."""
+    out, err = proc.communicate(timeout=120)
+    return out + err, set(re.findall(r"^import time:\s+\d+ \|\s+\d+ \|\s+(\S+)$", err, re.MULTILINE))
 
 
-def test_a_type_error_in_lightnings_own_arguments_is_answered_after_importing_it(tmp_path):
-    proc, modules = imported_modules(tmp_path, "trainer.max_epochs=abc")
-    assert "error: trainer.max_epochs='abc' is not an integer" in proc.stderr
-    assert "lightning.pytorch.trainer.trainer" in modules  # its signature is the schema (litlab.checks)
+ANSWERS = {  # what a user types: the start of the answer
+    "--help": "== Configuration groups ==",
+    "model=foo": "error: there is no model=foo",
+    "optimizer.lrr=0.1": "error: optimizer.lrr is not a key of optimizer",
+    "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number",
+    "optimizer.lr=-1": "error: optimizer.lr=-1 must be > 0",
+    "trainer.max_epochs=0": "error: trainer.max_epochs=0 must be >= 1",
+    "seed=-1": "error: seed=-1 must be in [0, 2**32)",
+    "data.val_fraction=2": "error: data.val_fraction=2 must be in [0, 1)",
+}
+
+
+@pytest.mark.slow
+def test_mistakes_and_help_are_answered_before_lightning_is_imported(tmp_path):
+    procs = {arg: start(tmp_path, arg) for arg in [*ANSWERS, "trainer.max_epochs=abc"]}
+    for arg, expected in ANSWERS.items():
+        printed, modules = answer(procs[arg])
+        assert expected in printed, arg
+        assert "hydra" in modules and not {m for m in modules if m.split(".")[0] == "lightning"}, arg
+        if arg.startswith(("--", "model=", "optimizer.lrr")):  # composing alone: not even torch
+            assert "torch" not in modules, arg
+    # A type error in one of Lightning's own arguments: its signature is the schema (litlab.checks).
+    printed, modules = answer(procs["trainer.max_epochs=abc"])
+    assert "error: trainer.max_epochs='abc' is not an integer" in printed
+    assert "lightning.pytorch.trainer.trainer" in modules
 
 
 def console(root, terminal: bool, **env: str) -> subprocess.Popen:

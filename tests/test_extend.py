@@ -2,6 +2,7 @@
 
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,8 @@ from litlab.train import train
 from tests.conftest import ROOT, run_dirs, run_train
 from tests.test_stepping import RecordingSGD
 from tests.test_train import events
+
+pytestmark = pytest.mark.slow  # each runs train.py end to end
 
 
 class Polynomial(nn.Module):
@@ -61,8 +64,15 @@ def test_a_network_of_ones_own_trains_resumes_evaluates_and_predicts(tmp_path, m
     assert ckpt["global_step"] == 200 and ckpt["state_dict"]["net.linear.weight"].shape == (1, 2)
     assert events(run).Scalars("train/loss")[-1].step == 199
 
-    run_train(tmp_path, f"ckpt_path={run}", "data.val_fraction=0", script="eval.py", check=False)
-    proc = run_train(tmp_path, f"ckpt_path={run}", "inputs=[[4.0]]", script="predict.py")
+    with ThreadPoolExecutor() as pool:  # eval and predict at once: two processes, two cores
+        evaluated = pool.submit(run_train, tmp_path, f"ckpt_path={run}", script="eval.py", check=False)
+        predicted = pool.submit(
+            run_train, tmp_path, f"ckpt_path={run}", "inputs=[[4.0]]", script="predict.py"
+        )
+    evaluated, proc = evaluated.result(), predicted.result()
+    # eval.py rebuilds the user's network from the run, and says in one line that there is nothing held out
+    assert "weights from" in evaluated.stdout + evaluated.stderr
+    assert evaluated.stderr.strip().splitlines()[-1].endswith("(data.val_fraction=0): nothing to evaluate")
     net = Polynomial(1, 1)  # predict.py's answer is this network's, on the run's normalised input
     net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
     stats = ckpt["RegressionData"]

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
@@ -31,6 +32,7 @@ def temperature_run(tmp_path_factory):
     return root / "run"
 
 
+@pytest.mark.slow
 def test_eval_reproduces_the_metrics_the_run_logged(tmp_path):
     train_cfg = compose_train(tmp_path, "data=regression", "data.preset=noisy100", "+data.test_fraction=0.2")
     train_cfg.trainer.max_epochs = 200
@@ -67,6 +69,7 @@ def test_predict_from_a_csv_writes_predictions_beside_it(temperature_run, tmp_pa
     assert written["prediction"].is_monotonic_increasing
 
 
+@pytest.mark.slow
 def test_predict_classification_gives_the_class_and_its_probability(tmp_path):
     train(
         compose_train(
@@ -107,13 +110,18 @@ def test_wrong_input_width_is_refused(temperature_run, tmp_path):
 @pytest.mark.slow
 def test_eval_and_predict_scripts_as_a_user_runs_them(temperature_run, tmp_path):
     args = (f"ckpt_path={temperature_run}", "data.val_fraction=0.5")
-    proc = run_train(tmp_path, *args, script="eval.py", check=False)
+    with ThreadPoolExecutor() as pool:  # two processes at once, on two cores
+        evaluated = pool.submit(run_train, tmp_path, *args, script="eval.py", check=False)
+        predicted = pool.submit(
+            run_train, tmp_path, f"ckpt_path={temperature_run}", "inputs=[81.9]", script="predict.py"
+        )
+    proc = evaluated.result()
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"error: data.val_fraction=0.5 would change the run saved in {temperature_run / 'config.yaml'}; "
         "here you may set trainer.<key>=...: train a new run to change anything else"
     ]
-    proc = run_train(tmp_path, f"ckpt_path={temperature_run}", "inputs=[81.9]", script="predict.py")
+    proc = predicted.result()
     assert "81.9" in proc.stdout and "prediction" in proc.stdout
 
 

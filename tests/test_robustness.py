@@ -136,6 +136,7 @@ def test_same_command_twice_at_once_gives_two_directories_and_identical_metrics(
     assert results[0] == results[1] and results[0]["val/loss"] > 0  # bit-identical (JSON keeps every digit)
 
 
+@pytest.mark.slow
 def test_same_seed_is_bit_identical_and_another_seed_differs(cfg_factory, tmp_path):
     def run(seed: int, name: str) -> tuple[dict, torch.Tensor]:
         cfg = cfg_factory("data=regression", "data.preset=noisy100", "optimizer=adam", f"seed={seed}")
@@ -151,6 +152,7 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(cfg_factory, tmp_pa
     assert a[0]["val/loss"] != c[0]["val/loss"] and not torch.equal(a[1], c[1])
 
 
+@pytest.mark.slow
 def test_another_seed_gives_another_split_and_initialisation(cfg_factory):
     def split_and_init(seed: int):
         cfg = cfg_factory(f"seed={seed}")

@@ -44,6 +44,7 @@ def run(cfg_factory, *overrides: str) -> tuple[dict, dict, object]:
     return metrics, torch.load(out / "checkpoints" / "last.ckpt", weights_only=True), events(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["full", "minibatch"])
 @pytest.mark.parametrize(("model", "task"), model_tasks())
 def test_every_model_trains_exactly_max_epochs_in_either_stepping(cfg_factory, model, task, batch):
@@ -78,6 +79,7 @@ def test_lightning_still_reads_the_counters_that_fast_steps_credit():
     assert "optim_step_progress" in inspect.getsource(_ManualOptimization.__init__)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepping", [("stepping=lightning",), FAST])
 def test_max_steps_is_exact(cfg_factory, stepping):
     for data in (("data.batch_size=null",), ("data.batch_size=8",)):
@@ -101,6 +103,7 @@ class RecordingSGD(torch.optim.SGD):
         return loss
 
 
+@pytest.mark.slow
 def test_gradient_clipping_applies_to_every_optimizer_step(cfg_factory):
     """Unscaled t_u at lr 1e-4: gradients in the thousands; clipped at 1 in every step, fast or not."""
     weights = []
@@ -115,6 +118,7 @@ def test_gradient_clipping_applies_to_every_optimizer_step(cfg_factory):
     torch.testing.assert_close(weights[0], weights[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("batch", ["null", "8"])
 @pytest.mark.parametrize("stepping", [("stepping=lightning",), FAST])
 def test_step_scheduler_halves_lr_every_100_data_epochs(cfg_factory, batch, stepping):
@@ -135,6 +139,7 @@ def test_step_scheduler_halves_lr_every_100_data_epochs(cfg_factory, batch, step
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stepping", [("stepping=lightning",), FAST])
 def test_onecycle_spans_exactly_the_runs_optimizer_steps(cfg_factory, stepping):
     for batch in ("null", "8"):
@@ -174,6 +179,7 @@ def test_what_fast_stepping_cannot_honour_is_refused(cfg_factory, override, mess
     assert str(error.value).endswith("add stepping=lightning (one optimizer step per Lightning step)")
 
 
+@pytest.mark.slow
 def test_a_refusal_is_one_line_and_lightning_stepping_honours_the_setting(tmp_path):
     proc = run_train(
         tmp_path, "experiment=book_temperature", "+trainer.accumulate_grad_batches=4", check=False

@@ -213,18 +213,18 @@ def test_optuna_search_survives_failures_and_resumes_to_n_trials(tmp_path):
 @pytest.mark.slow
 def test_ddp_on_two_cpu_processes_matches_one_process_per_job(tmp_path):
     # 1000 generated rows: 800 train rows split 400 + 400, so both ranks' shards are equal.
-    data = ("data=regression", "data.preset=generated", "trainer.max_epochs=100")
+    data = ("data=regression", "data.preset=generated", "trainer.max_epochs=40")
     two_ranks = ("trainer=ddp", "trainer.accelerator=cpu")
     sweep_dir = sweep(tmp_path, *two_ranks, "hydra/launcher=basic", *data, "optimizer.lr=0.01,0.1")
+    single = {}
+    for lr in ("0.01", "0.1"):
+        train(compose_train(tmp_path / lr, "trainer=cpu", *data, f"optimizer.lr={lr}"))
+        single[lr] = json.loads((tmp_path / lr / "run" / "metrics.json").read_text())["metrics"]
     jobs = pd.read_csv(sweep_dir / "jobs.csv", dtype={"optimizer.lr": str})
     assert jobs["status"].tolist() == ["ok", "ok"]
     for _, job in jobs.iterrows():
         ddp = json.loads((sweep_dir / job["dir"] / "metrics.json").read_text())["metrics"]
-        single = compose_train(
-            tmp_path / "single", "trainer=cpu", *data, f"optimizer.lr={job['optimizer.lr']}"
-        )
-        train(single)
-        one = json.loads((tmp_path / "single" / "run" / "metrics.json").read_text())["metrics"]
+        one = single[job["optimizer.lr"]]
         for name in ("train/loss", "val/loss", "val/r2"):
             assert ddp[name] == pytest.approx(one[name], rel=1e-5), name  # each rank ran its job's lr
 

@@ -80,6 +80,7 @@ def test_logistic_on_temperature_fails_in_one_line(tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_book_reproduction(cfg_factory):
     """Deep Learning with PyTorch, ch. 5: loss 2.927647, w 5.3671, b -17.3012 after 5000 epochs."""
     cfg = cfg_factory("experiment=book_temperature", "trainer=cpu")
@@ -91,6 +92,7 @@ def test_book_reproduction(cfg_factory):
     assert ckpt["state_dict"]["net.bias"].item() == pytest.approx(-17.3012, abs=5e-5)
 
 
+@pytest.mark.slow
 def test_checkpoint_reload_gives_identical_predictions(cfg_factory):
     cfg = cfg_factory("model=logistic", "trainer=cpu", "trainer.max_epochs=200")
     train(cfg)
@@ -103,6 +105,7 @@ def test_checkpoint_reload_gives_identical_predictions(cfg_factory):
     torch.testing.assert_close(reloaded(x), expected, atol=0, rtol=0)
 
 
+@pytest.mark.slow
 def test_template_gives_the_plain_loops_loss_exactly(cfg_factory):
     """make bench compares speed against this plain loop; the maths must be the same, bit for bit."""
     sys.path.insert(0, str(ROOT / "scripts"))
