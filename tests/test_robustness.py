@@ -86,28 +86,33 @@ def test_divergence_fails_the_run_but_not_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig,name", [(signal.SIGTERM, "SIGTERM"), (signal.SIGINT, "Ctrl-C")])
-def test_a_stopped_run_saves_where_it_stopped_and_closes_its_logs(tmp_path, sig, name):
-    proc = start(
-        tmp_path, "trainer=cpu", "trainer.max_epochs=100000000", "trainer.check_val_every_n_epoch=1000"
-    )
-    deadline = time.time() + 120
-    while not list((tmp_path / "logs").rglob("last.ckpt")) and time.time() < deadline:  # saved at train start
-        time.sleep(0.2)
-    time.sleep(1.5)
-    proc.send_signal(sig)
-    code, err = finish(proc)
-    assert code == 1 and "Traceback" not in err, err
-    [line] = error_lines(err)
-    assert line.startswith(f"error: stopped by {name} after ") and line.endswith(
-        "last.ckpt holds where it stopped"
-    )
-    epochs = int(line.split(" after ")[1].split()[0])
-    [run] = run_dirs(tmp_path)
-    assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
-    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs > 0
-    acc = events(run)  # readable to the end: the writers were closed, the hparams logged
-    assert acc.Scalars("train/loss")[-1].step < epochs and hparams_session(acc)[0]["status"] == "interrupted"
+def test_a_stopped_run_saves_where_it_stopped_and_closes_its_logs(tmp_path):
+    signals = {"SIGTERM": signal.SIGTERM, "Ctrl-C": signal.SIGINT}  # each to a run of its own, both at once
+    endless = ("trainer=cpu", "trainer.max_epochs=100000000", "trainer.check_val_every_n_epoch=1000")
+    for name in signals:
+        (tmp_path / name).mkdir()
+    procs = {name: start(tmp_path / name, *endless) for name in signals}
+    for name, sig in signals.items():
+        deadline = time.time() + 120
+        while not list((tmp_path / name / "logs").rglob("last.ckpt")) and time.time() < deadline:
+            time.sleep(0.2)  # last.ckpt is saved at train start
+        time.sleep(1.5)
+        procs[name].send_signal(sig)
+    for name, proc in procs.items():
+        code, err = finish(proc)
+        assert code == 1 and "Traceback" not in err, err
+        [line] = error_lines(err)
+        assert line.startswith(f"error: stopped by {name} after ") and line.endswith(
+            "last.ckpt holds where it stopped"
+        )
+        epochs = int(line.split(" after ")[1].split()[0])
+        [run] = run_dirs(tmp_path / name)
+        assert json.loads((run / "metrics.json").read_text())["status"] == "interrupted"
+        assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs > 0
+        acc = events(run)  # readable to the end: the writers were closed, the hparams logged
+        assert (
+            acc.Scalars("train/loss")[-1].step < epochs and hparams_session(acc)[0]["status"] == "interrupted"
+        )
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 import json
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -30,9 +31,25 @@ def hparams_session(acc) -> tuple[dict, list]:
     return values, [m.name.tag for m in exp.experiment.metric_infos]
 
 
+@pytest.fixture(scope="module")
+def first_runs(tmp_path_factory) -> dict:
+    """The README's first command lines, started at once (3 processes, 2 cores): {name: (root, proc)}."""
+    lines = {
+        "default": (),
+        "logistic": ("model=logistic", "optimizer=adam"),
+        "mismatch": ("model=logistic", "data=temperature"),
+    }
+    roots = {name: tmp_path_factory.mktemp(name) for name in lines}
+    with ThreadPoolExecutor() as pool:
+        started = {
+            n: pool.submit(run_train, roots[n], *args, check=n != "mismatch") for n, args in lines.items()
+        }
+        return {name: (roots[name], proc.result()) for name, proc in started.items()}
+
+
 @pytest.mark.slow
-def test_default_run_writes_events_config_and_checkpoints(tmp_path):
-    proc = run_train(tmp_path)
+def test_default_run_writes_events_config_and_checkpoints(first_runs):
+    tmp_path, proc = first_runs["default"]
     [run] = run_dirs(tmp_path)
     assert run.parent == tmp_path / "logs" / "train" / "runs"
     assert str(run) in proc.stderr + proc.stdout and "tensorboard --logdir" in proc.stderr + proc.stdout
@@ -58,8 +75,8 @@ def test_default_run_writes_events_config_and_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_logistic_with_adam_trains_on_classification_data(tmp_path):
-    proc = run_train(tmp_path, "model=logistic", "optimizer=adam")
+def test_logistic_with_adam_trains_on_classification_data(first_runs):
+    tmp_path, proc = first_runs["logistic"]
     assert "preset=generated: binary" in proc.stdout + proc.stderr
     [run] = run_dirs(tmp_path)
     acc = events(run)
@@ -69,8 +86,8 @@ def test_logistic_with_adam_trains_on_classification_data(tmp_path):
 
 
 @pytest.mark.slow
-def test_logistic_on_temperature_fails_in_one_line(tmp_path):
-    proc = run_train(tmp_path, "model=logistic", "data=temperature", check=False)
+def test_logistic_on_temperature_fails_in_one_line(first_runs):
+    _, proc = first_runs["mismatch"]
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert lines == [
