@@ -4,8 +4,9 @@ The constructor signature is the schema: every key under data, model, optimizer,
 callbacks must be an argument of its `_target_`, with a value of the annotated type.
 
 train.py checks before it imports Lightning (seconds): what needs only torch's classes, and every range,
-comes first, so that most mistakes are answered in a second or two; this module imports Lightning only
-where a check reads Lightning's own classes (the Trainer's and callbacks' arguments, the accelerators)."""
+comes first, so that most mistakes are answered in a second or two. Lightning is imported only where a
+check reads a class built on it: the data and task modules', the Trainer's and callbacks' arguments, the
+accelerators."""
 
 import difflib
 import inspect

@@ -107,8 +107,8 @@ def finish(
             hparams = {**hparams_of(cfg), "status": status, "epochs": epochs}  # how far each run got
             for key in swept:  # a swept key that hparams_of leaves out (callbacks.*, a user's own)
                 hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
-            order = [cfg.optimized_metric, "train/loss", "val/loss", *sorted(metrics)]
-            logger.log_results(hparams, list(dict.fromkeys(order)), swept)
+            order = [cfg.optimized_metric, *(m for m in ("train/loss", "val/loss") if m in metrics)]
+            logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
             logger.finalize("success" if status == "ok" else "failed")
     error = str(stopped or "").removeprefix("error: ")
     write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
