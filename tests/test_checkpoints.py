@@ -11,8 +11,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from litlab.checkpoints import load, locate, saved_config
-from litlab.entry import run_dir_of
+from litlab.checkpoints import load, saved_config
+from litlab.entry import locate, run_dir_of
 from litlab.errors import ConfigError
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
@@ -162,4 +162,6 @@ def test_locate_finds_the_checkpoint_and_config_of_a_run(tmp_path):
     with pytest.raises(ConfigError, match="best.ckpt does not exist"):
         locate(tmp_path / "checkpoints" / "best.ckpt")
     assert run_dir_of(str(tmp_path / "checkpoints" / "last.ckpt"), "new") == str(tmp_path)
-    assert run_dir_of(None, "new") == run_dir_of(str(tmp_path / "typo"), "new") == "new"
+    assert run_dir_of(None, "new") == "new"
+    with pytest.raises(ConfigError, match="typo does not exist"):
+        run_dir_of(str(tmp_path / "typo"), "new")

@@ -8,7 +8,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from litlab.checks import check_config, device_count
-from litlab.errors import ConfigError, UserError, one_line
+from litlab.errors import ConfigError, UserError, one_line, user_error
 from litlab.train import train
 from tests.conftest import CONF, compose_train
 
@@ -37,6 +37,14 @@ BAD = [
     (["stepping=fast", "stepping.epochs=0"], "stepping.epochs=0 must be a whole number >= 1"),
     (["optimized_mode=biggest"], "optimized_mode='biggest' must be min or max"),
     (["data.val_fraction=0"], "data.val_fraction=0 leaves no validation split"),
+    (["seed=-1"], "seed=-1 must be in [0, 2**32)"),
+    (["seed=4294967296"], "seed=4294967296 must be in [0, 2**32)"),
+    (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience=-1 must be >= 0"),
+    # torch's own range checks, at once rather than as a traceback at fit
+    (["optimizer=adam", "optimizer.betas=[1.5,0.999]"], "torch.optim.Adam refuses these optimizer settings"),
+    (["optimizer=adam", "+optimizer.eps=-1"], "Invalid epsilon value: -1"),
+    (["optimizer=rmsprop", "optimizer.alpha=-1"], "Invalid alpha value: -1"),
+    (["optimizer.nesterov=true", "optimizer.momentum=0"], "Nesterov momentum requires a momentum"),
 ]
 if not torch.cuda.is_available():
     BAD += [
@@ -50,6 +58,12 @@ def test_bad_setting_is_refused_in_one_line(cfg_factory, overrides, message):
     with pytest.raises(ConfigError) as error:
         check_config(cfg_factory(*overrides))
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_growth_factor_that_would_stop_at_once_is_refused(cfg_factory):
+    with pytest.raises(Exception) as error:  # raised in the constructor, wrapped by Hydra's instantiate
+        train(cfg_factory("callbacks.divergence.growth_factor=1.0"))
+    assert "growth_factor=1.0 must be > 1" in str(user_error(error.value))
 
 
 @pytest.mark.parametrize("fraction", ["1", "1.5", "-0.1"])

@@ -55,12 +55,18 @@ def test_bad_command_lines_fail_in_one_line_and_full_error_shows_the_traceback(t
         "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number: try optimizer.lr=0.01",
         "trainer=mps": "error: trainer.accelerator=mps is not available here",
     }
+    elsewhere = tmp_path / "not_a_run"  # say, the home directory: resume= must write nothing into it
+    elsewhere.mkdir()
+    cases[f"resume={elsewhere}"] = (
+        f"error: {elsewhere}/checkpoints/last.ckpt does not exist: give a run directory"
+    )
     procs = {arg: start(tmp_path, arg) for arg in cases}
     full = start(tmp_path, "optimizer.lr=fast", HYDRA_FULL_ERROR="1")
     for arg, proc in procs.items():
         code, err = finish(proc)
         assert code == 1 and err.strip().splitlines() == [err.strip()], err  # exactly one line on stderr
         assert err.startswith(cases[arg]) and "Traceback" not in err
+    assert not list(elsewhere.iterdir())
     code, err = finish(full)
     assert code == 1 and "Traceback" in err and "ConfigError: optimizer.lr='fast' is not a number" in err
     assert not list((tmp_path / "logs").rglob("*.ckpt"))  # nothing trained

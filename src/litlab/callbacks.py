@@ -13,7 +13,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from litlab.errors import Diverged
+from litlab.errors import ConfigError, Diverged
 from litlab.stepping import data_epoch, max_data_epochs, steps_per_epoch
 
 
@@ -71,6 +71,11 @@ class DivergenceGuard(Callback):
 
     def __init__(self, growth_factor: float | None = None):
         super().__init__()
+        if growth_factor is not None and not growth_factor > 1:  # else the first loss would already "diverge"
+            raise ConfigError(
+                f"callbacks.divergence.growth_factor={growth_factor} must be > 1 (or null: only a non-finite "
+                "loss stops the run): try callbacks.divergence.growth_factor=1000"
+            )
         self.growth_factor = growth_factor
         self.lowest: Tensor | None = None
 

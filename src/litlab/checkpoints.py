@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from litlab.entry import locate
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps
 
@@ -19,22 +20,6 @@ log = logging.getLogger(__name__)
 # Keys of the entry points themselves, never part of a run's saved setup.
 ENTRY_KEYS = ("resume", "ckpt_path", "inputs", "input_file", "task_name", "paths", "hydra")
 SHAPE_KEYS = ("task", "in_features", "out_features")
-
-
-def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
-    """(run directory, checkpoint) for a run directory or for a checkpoint file inside its checkpoints/."""
-    path = Path(path).expanduser().absolute()
-    run_dir, ckpt = (path, path / "checkpoints" / default) if path.is_dir() else (path.parent.parent, path)
-    if not ckpt.is_file():
-        raise ConfigError(
-            f"{ckpt} does not exist: give a run directory (logs/<task>/runs/<time>) or a .ckpt inside one"
-        )
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(
-            f"{run_dir} holds no config.yaml: a checkpoint is rebuilt from the run directory it was saved in "
-            "(<run dir>/checkpoints/<name>.ckpt)"
-        )
-    return run_dir, ckpt
 
 
 def load(ckpt: Path) -> dict:

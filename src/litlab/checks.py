@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_object
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from litlab.errors import ConfigError
@@ -54,6 +54,10 @@ def check_ranges(cfg: DictConfig) -> None:
         value = cfg.trainer.get(key)
         if value is None or fits(value, int) and value < 1:
             raise ConfigError(f"trainer.{key}={value} must be >= 1")
+    for name, node in (cfg.get("callbacks") or {}).items():  # Lightning's EarlyStopping takes a negative one
+        patience = node.get("patience") if isinstance(node, DictConfig) else None
+        if fits(patience, int) and patience < 0:
+            raise ConfigError(f"callbacks.{name}.patience={patience} must be >= 0 validation checks: try 10")
     fraction = cfg.data.get("val_fraction", 0.2)
     if fits(fraction, float) and not 0 <= fraction < 1:
         raise ConfigError(
@@ -202,6 +206,12 @@ def check_optimizer(opt: DictConfig) -> None:
         )
     if "momentum" in opt and not 0 <= opt.momentum < 1:
         raise ConfigError(f"optimizer.momentum={opt.momentum} must be in [0, 1): try optimizer.momentum=0.9")
+    import torch  # here: composing alone (--help, an unknown key) never imports it
+
+    try:  # torch's own checks (betas, eps, alpha, nesterov without momentum, ...) now rather than at fit
+        instantiate(opt)([torch.zeros(1, requires_grad=True)])
+    except ValueError as e:
+        raise ConfigError(f"{opt._target_} refuses these optimizer settings: {e}") from e
 
 
 def resolved_accelerator(name: str) -> str:

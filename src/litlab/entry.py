@@ -1,4 +1,5 @@
-"""What the entry points (train.py, eval.py, predict.py) share: quiet start-up, one line per user error."""
+"""What the entry points (train.py, eval.py, predict.py) share: quiet start-up, one line per user error, and
+finding the run that resume= or ckpt_path= names."""
 
 import logging
 import os
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from litlab.errors import one_line, user_error
+from litlab.errors import ConfigError, one_line, user_error
 
 # Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -27,12 +28,26 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
 
 
+def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
+    """(run directory, checkpoint) for a run directory or for a checkpoint file inside its checkpoints/."""
+    path = Path(path).expanduser().absolute()
+    run_dir, ckpt = (path, path / "checkpoints" / default) if path.is_dir() else (path.parent.parent, path)
+    if not ckpt.is_file():
+        raise ConfigError(
+            f"{ckpt} does not exist: give a run directory (logs/<task>/runs/<time>) or a .ckpt inside one"
+        )
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(
+            f"{run_dir} holds no config.yaml: a checkpoint is rebuilt from the run directory it was saved in "
+            "(<run dir>/checkpoints/<name>.ckpt)"
+        )
+    return run_dir, ckpt
+
+
 def run_dir_of(resume: str | None, new_dir: str) -> str:
-    """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml)."""
-    path = Path(resume).expanduser() if resume else None
-    if path is None or not path.exists():  # train() then says what is wrong with resume= in one line
-        return new_dir
-    return str(path.parent.parent if path.is_file() else path)
+    """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml).
+    A resume= that names no run is refused here, in one line, before Hydra writes anything."""
+    return str(locate(resume)[0]) if resume else new_dir
 
 
 OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)

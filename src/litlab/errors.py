@@ -30,9 +30,11 @@ class Diverged(UserError, RuntimeError):
 
 
 def user_error(error: BaseException) -> UserError | None:
-    """The UserError behind an error, if any: Hydra's instantiate wraps those raised in constructors."""
+    """The UserError behind an error, if any: Hydra's instantiate wraps those raised in constructors, and
+    OmegaConf re-raises those raised in our resolvers (conf/hydra's run dir) keeping only the context."""
     while error is not None and not isinstance(error, UserError):
-        error = error.__cause__
+        context = error.__context__ if isinstance(error, OmegaConfBaseException) else None
+        error = error.__cause__ or context
     return error
 
 
