@@ -107,6 +107,18 @@ def test_wrong_input_width_is_refused(temperature_run, tmp_path):
         predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[1,2]]"))
 
 
+@pytest.mark.parametrize("inputs", ["[[abc]]", "[[1],[2,3]]"])
+def test_inputs_that_are_not_rows_of_numbers_are_refused(temperature_run, tmp_path, inputs):
+    with pytest.raises(ConfigError, match=r"is not rows of numbers such as \[\[81.9\], \[60.0\]\]"):
+        predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"inputs={inputs}"))
+
+
+@pytest.mark.parametrize("entry", ["eval", "predict"])
+def test_a_missing_ckpt_path_is_one_line(tmp_path, entry):
+    with pytest.raises(ConfigError, match=r"^give ckpt_path=<run dir or a .ckpt inside one>"):
+        (evaluate if entry == "eval" else predict)(compose_entry(tmp_path, entry))
+
+
 @pytest.mark.slow
 def test_eval_and_predict_scripts_as_a_user_runs_them(temperature_run, tmp_path):
     args = (f"ckpt_path={temperature_run}", "data.val_fraction=0.5")

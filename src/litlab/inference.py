@@ -24,7 +24,7 @@ def rebuild(
     cfg: DictConfig, honoured: tuple[str, ...]
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
-    run_dir, ckpt = locate(cfg.ckpt_path)
+    run_dir, ckpt = checkpoint_of(cfg)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured)
     data, model = build(saved)
     values = load(ckpt)
@@ -60,6 +60,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+def checkpoint_of(cfg: DictConfig) -> tuple[Path, Path]:
+    """(run directory, checkpoint) that ckpt_path= names, or one line saying to give it."""
+    if OmegaConf.is_missing(cfg, "ckpt_path"):
+        raise ConfigError(
+            "give ckpt_path=<run dir or a .ckpt inside one>, e.g. ckpt_path=logs/train/runs/<time>"
+        )
+    return locate(cfg.ckpt_path)
+
+
 def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
     """inputs=[[...], ...] (or a flat list) or input_file=<csv> rows, checked against the model's width."""
     if (cfg.inputs is None) == (cfg.input_file is None):
@@ -68,7 +77,10 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
         table = read_csv(Path(cfg.input_file))
     else:
         values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
-        x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
+        try:
+            x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
+        except (TypeError, ValueError) as e:  # a word, a ragged row
+            raise ConfigError(f"inputs={values} is not rows of numbers such as [[81.9], [60.0]]: {e}") from e
         x = x.reshape(-1, in_features) if x.dim() == 1 and x.numel() % in_features == 0 else x
         if x.dim() != 2:
             raise ConfigError(f"inputs={values} is not a list of rows such as [[81.9], [60.0]]")
@@ -107,7 +119,7 @@ def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFram
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
-    run_dir, ckpt = locate(cfg.ckpt_path)
+    run_dir, ckpt = checkpoint_of(cfg)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
     if getattr(get_class(saved.data._target_), "index_inputs", False):
         raise ConfigError(
