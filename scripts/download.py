@@ -5,6 +5,7 @@ there with the right checksum is kept. LITLAB_DATA_DIR and LITLAB_DATA_URL set t
 
 import argparse
 import os
+import signal
 import sys
 
 from litlab.data.files import BASE_URL, FILES, download
@@ -17,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("LITLAB_DATA_DIR", "data"))
     parser.add_argument("--base-url", default=os.environ.get("LITLAB_DATA_URL", BASE_URL))
     args = parser.parse_args(argv)
+    # SIGTERM (a job scheduler, `kill`) stops as Ctrl-C does: the temp file of a transfer is removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("error: stopped by SIGTERM; nothing was saved"))
     unknown = set(args.datasets) - set(FILES)
     if unknown:
         parser.error(f"unknown dataset {', '.join(sorted(unknown))}: choose from {', '.join(FILES)}")

@@ -2,9 +2,12 @@
 
 import functools
 import http.server
+import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -17,7 +20,8 @@ WINE = FILES["wine"]
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves SHARED_DATA; mode "corrupt" flips a byte, "cut" closes the connection halfway through a body."""
+    """Serves SHARED_DATA; mode "corrupt" flips a byte, "cut" closes the connection halfway through a body,
+    "endless" streams without end and no Content-Length, "slow" sends half the body, then waits."""
 
     mode = "ok"
     requests: list[str] = []
@@ -28,10 +32,18 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             return super().do_GET()
         body = (SHARED_DATA / self.path.lstrip("/")).read_bytes()
         self.send_response(200)
+        if self.mode == "endless":
+            self.end_headers()
+            while True:
+                self.wfile.write(b"1,2,3\n" * 10000)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         if self.mode == "corrupt":
             self.wfile.write(body[:-2] + b"0\n")
+        elif self.mode == "slow":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            time.sleep(30)
         else:
             self.wfile.write(body[: len(body) // 2])
             self.close_connection = True
@@ -59,6 +71,36 @@ def test_download_verifies_and_keeps_a_good_file_once(server, tmp_path):
     assert path == tmp_path / WINE and sha256(path) == SHA256[WINE]
     assert download(WINE, tmp_path, server) == path and len(Handler.requests) == 1  # kept, not fetched again
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left beside it
+
+
+def test_a_downloaded_file_is_readable_as_the_umask_allows(server, tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = download(WINE, tmp_path, server)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # a shared data directory: others may read it
+
+
+def test_an_endless_response_is_cut_off_at_the_files_size(server, tmp_path):
+    Handler.mode = "endless"
+    with pytest.raises(ConfigError, match="sent more than the 264426 bytes .* nothing was saved"):
+        download(WINE, tmp_path, server)
+    assert list(tmp_path.rglob("*.*")) == []
+
+
+def test_sigterm_removes_the_partial_file(server, tmp_path):
+    Handler.mode = "slow"
+    script = [sys.executable, str(ROOT / "scripts" / "download.py"), "wine", "--data-dir", str(tmp_path)]
+    proc = subprocess.Popen([*script, "--base-url", server], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.rglob("*.part")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no transfer started"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1 and err.strip() == "error: stopped by SIGTERM; nothing was saved"
+    assert list(tmp_path.rglob("*.*")) == []
 
 
 def test_checksum_mismatch_saves_nothing(server, tmp_path):

@@ -17,6 +17,12 @@ SHA256 = {
     "bike-sharing-dataset/hour-fixed.csv": "ae5b1b828676fb7696ebfd838f105c71cda9c867aa752f75eed6fa6d0eacf991",
     "jane-austen/1342-0.txt": "c96e628c6f84bf45d3cee2c2da66166ccbeda328ecb76bb9b2ab1bc91961d0d1",
 }
+# Their sizes in bytes: a server that sends more is cut off there (an endless response fills no disk).
+SIZES = {
+    "tabular-wine/winequality-white.csv": 264426,
+    "bike-sharing-dataset/hour-fixed.csv": 1148001,
+    "jane-austen/1342-0.txt": 711298,
+}
 FILES = {
     "wine": "tabular-wine/winequality-white.csv",
     "bike": "bike-sharing-dataset/hour-fixed.csv",
@@ -78,7 +84,8 @@ def sha256(path: Path) -> str:
 
 def download(name: str, data_dir: str | Path, base_url: str | None = None, timeout: float = 60) -> Path:
     """Fetch one file below data_dir, keeping it only if its SHA-256 matches: a temp file renamed at the end,
-    so an interrupted or corrupt transfer never leaves a half-written file where a reader looks."""
+    so an interrupted or corrupt transfer never leaves a half-written file where a reader looks. Reads at
+    most the file's size; the file is saved readable as the umask allows (a shared data directory)."""
     target = Path(data_dir) / name
     if target.is_file() and sha256(target) == SHA256[name]:
         return target
@@ -88,10 +95,20 @@ def download(name: str, data_dir: str | Path, base_url: str | None = None, timeo
     try:
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             expected, received, digest = response.headers.get("Content-Length"), 0, hashlib.sha256()
+            if expected is not None and int(expected) != SIZES[name]:
+                raise ConfigError(
+                    f"download of {url} is {expected} bytes, not the {SIZES[name]} of {name}: "
+                    "nothing was saved"
+                )
             for block in iter(lambda: response.read(1 << 16), b""):
                 out.write(block)
                 digest.update(block)
                 received += len(block)
+                if received > SIZES[name]:
+                    raise ConfigError(
+                        f"download of {url} sent more than the {SIZES[name]} bytes of {name}: "
+                        "nothing was saved"
+                    )
         # http.client returns a short body without complaint when the server closes early
         if expected is not None and received != int(expected):
             raise ConfigError(
@@ -102,6 +119,11 @@ def download(name: str, data_dir: str | Path, base_url: str | None = None, timeo
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected {SHA256[name]}: "
                 "nothing was saved"
             )
+        umask = os.umask(
+            0
+        )  # mkstemp's file is private (0600); the data file is for everyone the umask allows
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except (OSError, http.client.HTTPException) as e:  # URLError, refused, timeout, disk full, bad reply
         raise ConfigError(f"download of {url} failed: {e}") from e
