@@ -1,6 +1,7 @@
 """Resuming: a run killed mid-way and resumed ends as an unbroken run does; the saved config wins."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from litlab.checkpoints import load, saved_config
+from litlab.checkpoints import hold, load, saved_config
 from litlab.entry import locate, run_dir_of
 from litlab.errors import ConfigError
 from litlab.train import train
@@ -123,6 +124,32 @@ def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path, s
     assert resumed["global_step"] == reference["global_step"] == 400
     for key, value in reference["state_dict"].items():
         assert torch.equal(resumed["state_dict"][key], value), key
+
+
+@pytest.mark.slow
+def test_a_copied_and_a_moved_run_resume_into_themselves(tmp_path):
+    common = ("trainer=cpu", "data.val_fraction=0", "optimized_metric=train/loss", "stepping=fast")
+    train(compose_train(tmp_path, *common, "trainer.max_epochs=100"))
+    original, copy, moved = tmp_path / "run", tmp_path / "copy", tmp_path / "moved"
+    shutil.copytree(original, copy)
+    original.rename(moved)
+    with ThreadPoolExecutor() as pool:  # both at once
+        done = [
+            pool.submit(run_train, tmp_path, f"resume={d}", "trainer.max_epochs=200") for d in (copy, moved)
+        ]
+        [r.result() for r in done]
+    assert not original.exists()  # nothing wrote into where the run used to be
+    for run in (copy, moved):
+        assert load(run / "checkpoints" / "last.ckpt")["global_step"] == 200
+        assert events(run).Scalars("train/loss")[-1].step == 199
+        assert str(run) in OmegaConf.load(run / "config.yaml").callbacks.last_checkpoint.dirpath
+
+
+def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
+    # a lock per open file (flock): a second holder is refused, even in this process
+    with hold(tmp_path), pytest.raises(ConfigError, match="is being written by another process"):
+        hold(tmp_path)
+    hold(tmp_path).close()  # free again once the first is done
 
 
 @pytest.mark.slow

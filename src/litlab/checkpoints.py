@@ -1,7 +1,10 @@
 """Use a run again: find its checkpoint and saved config.yaml, check they fit together, resume it."""
 
+import fcntl
 import logging
+import os
 from pathlib import Path
+from typing import IO
 
 import lightning as L
 import torch
@@ -39,7 +42,7 @@ def saved_config(
 
     A run is rebuilt from what it was trained with: changing its data, model or optimizer on the way
     would quietly evaluate or continue something else, so such an override is an error, not a merge."""
-    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved = relocated(OmegaConf.load(run_dir / "config.yaml"), run_dir)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.split(".")[0] in ENTRY_KEYS:
@@ -54,6 +57,39 @@ def saved_config(
         log.info(f"overriding the saved config: {override}")
     saved.paths = cfg.paths  # where data and logs live on this machine
     return saved
+
+
+def relocated(saved: DictConfig, run_dir: Path) -> DictConfig:
+    """A run's saved config (resolved: absolute paths) with every path inside the directory it was trained
+    in (checkpoints, event files) moved to run_dir, where the run is now: a copied or moved run, resumed,
+    writes only into itself."""
+    old = str(saved.paths.output_dir).rstrip(os.sep)
+
+    def move(node):
+        if isinstance(node, dict):
+            return {k: move(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [move(v) for v in node]
+        if isinstance(node, str) and (node == old or node.startswith(old + os.sep)):
+            return str(run_dir) + node[len(old) :]
+        return node
+
+    return OmegaConf.create(move(OmegaConf.to_container(saved)))
+
+
+def hold(run_dir: Path) -> IO:
+    """An exclusive lock on a run directory while this process writes it (keep the returned file open):
+    a second process that would write the same run, such as two resumes at once, is refused in one line."""
+    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        handle.close()
+        raise ConfigError(
+            f"{run_dir} is being written by another process (a run or a resume of it): wait for that to "
+            "end, or resume a copy of the run"
+        ) from e
+    return handle
 
 
 def describe(hparams: dict) -> str:

@@ -3,12 +3,14 @@
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,6 +18,7 @@ from litlab.checkpoints import (
     check_compatible,
     check_resumable,
     command_overrides,
+    hold,
     load,
     logger_kwargs,
     resumed_run,
@@ -192,6 +195,13 @@ def train(cfg: DictConfig) -> float:
     started = time.time()
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     check_config(cfg)
+    # Rank 0 writes the run, holding its directory: a second process that would write it is refused.
+    with hold(Path(cfg.paths.output_dir)) if rank_zero_only.rank == 0 else nullcontext():
+        return fit_run(cfg, resume_ckpt, started)
+
+
+def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
+    """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
     data, model = build(cfg)
     logged = set(getattr(model, "metric_names", ())) | {"train/gap", "train/optimum_loss"}
