@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from litlab.checkpoints import load
 from litlab.errors import ConfigError
@@ -100,6 +101,33 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(temperature_run, tmp
         evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={ckpt}"))
     assert "\n" not in str(error.value)
     ckpt.unlink()
+
+
+@pytest.mark.parametrize(
+    "scaling",
+    [
+        {"_target_": "builtins.open", "file": "VICTIM", "mode": "w"},  # would truncate a file
+        {"_target_": "shutil.copyfile", "src": "VICTIM", "dst": "COPY"},  # would write one anywhere
+    ],
+)
+def test_a_crafted_config_yaml_runs_no_code(temperature_run, tmp_path, scaling):
+    run = tmp_path / "crafted"
+    shutil.copytree(temperature_run, run)
+    victim, copy = tmp_path / "victim.txt", tmp_path / "copy.txt"
+    victim.write_text("keep me")
+    saved = OmegaConf.load(run / "config.yaml")
+    saved.data.scaling = {
+        k: str(v).replace("VICTIM", str(victim)).replace("COPY", str(copy)) for k, v in scaling.items()
+    }
+    OmegaConf.save(saved, run / "config.yaml")
+    for entry, overrides in (("eval", ()), ("predict", ("inputs=[[81.9]]",))):
+        with pytest.raises(
+            ConfigError, match=f"names data.scaling._target_={scaling['_target_']}, which is not"
+        ):
+            (evaluate if entry == "eval" else predict)(
+                compose_entry(tmp_path, entry, f"ckpt_path={run}", *overrides)
+            )
+    assert victim.read_text() == "keep me" and not copy.exists()
 
 
 def test_wrong_input_width_is_refused(temperature_run, tmp_path):

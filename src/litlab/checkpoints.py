@@ -3,15 +3,16 @@
 import fcntl
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import get_class
+from hydra.utils import get_class, get_object
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.entry import locate
@@ -43,6 +44,7 @@ def saved_config(
     A run is rebuilt from what it was trained with: changing its data, model or optimizer on the way
     would quietly evaluate or continue something else, so such an override is an error, not a merge."""
     saved = relocated(OmegaConf.load(run_dir / "config.yaml"), run_dir)
+    check_targets(saved, run_dir / "config.yaml")
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         if key.split(".")[0] in ENTRY_KEYS:
@@ -57,6 +59,48 @@ def saved_config(
         log.info(f"overriding the saved config: {override}")
     saved.paths = cfg.paths  # where data and logs live on this machine
     return saved
+
+
+# The kinds of class this project's config groups build. A saved config.yaml is data, but instantiating it
+# runs whatever its _target_s name: a crafted one must not copy, open or truncate files (eval.py, resume=).
+BUILDABLE = (
+    torch.nn.Module,  # networks and task modules
+    L.LightningDataModule,
+    torch.optim.Optimizer,
+    torch.optim.lr_scheduler.LRScheduler,
+    torch.optim.lr_scheduler.ReduceLROnPlateau,
+    Callback,
+    Logger,
+    L.Trainer,
+)
+
+
+def check_targets(saved: DictConfig, where: Path) -> None:
+    """Refuse a saved config any of whose _target_s is not a class of the kinds in BUILDABLE, before
+    anything in it is instantiated."""
+    for key, target in named_targets(OmegaConf.to_container(saved)):
+        try:
+            built = get_object(target)
+        except Exception:
+            built = None
+        if not (isinstance(built, type) and issubclass(built, BUILDABLE)):
+            raise ConfigError(
+                f"{where} names {key}._target_={target}, which is not a network, data or task module, "
+                "optimizer, scheduler, callback, logger or Trainer: refusing to build it (train a new run)"
+            )
+
+
+def named_targets(node, key: str = "") -> Iterator[tuple[str, str]]:
+    """(key path, _target_) of every node with a _target_, at any depth."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k == "_target_":
+                yield key, str(v)
+            else:
+                yield from named_targets(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from named_targets(v, f"{key}[{i}]")
 
 
 def relocated(saved: DictConfig, run_dir: Path) -> DictConfig:

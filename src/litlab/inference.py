@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
+from litlab.checks import check_config
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
 from litlab.train import build
@@ -26,6 +27,7 @@ def rebuild(
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
     run_dir, ckpt = checkpoint_of(cfg)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured)
+    check_config(saved)  # as a new run's, before anything in it is built
     data, model = build(saved)
     values = load(ckpt)
     check_compatible(values, ckpt, model, data)
@@ -121,6 +123,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     run_dir, ckpt = checkpoint_of(cfg)
     saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
+    check_config(saved)  # as a new run's, before anything in it is built
     if getattr(get_class(saved.data._target_), "index_inputs", False):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
