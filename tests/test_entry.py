@@ -10,17 +10,9 @@ import pytest
 
 from litlab.cockpit import gap
 from tests.conftest import ROOT
+from tests.test_robustness import start
 
 ESCAPE = "\x1b["
-
-
-def start(root, *args: str) -> subprocess.Popen:
-    """`python train.py args` with Python's import log on stderr."""
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"} | {"PYTHONPROFILEIMPORTTIME": "1"}
-    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={root}"]
-    return subprocess.Popen(
-        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
 
 
 def answer(proc: subprocess.Popen) -> tuple[str, set[str]]:
@@ -43,7 +35,8 @@ ANSWERS = {  # what a user types: the start of the answer
 
 @pytest.mark.slow
 def test_mistakes_and_help_are_answered_before_lightning_is_imported(tmp_path):
-    procs = {arg: start(tmp_path, arg) for arg in [*ANSWERS, "trainer.max_epochs=abc"]}
+    imports = {"PYTHONPROFILEIMPORTTIME": "1"}  # Python's import log, on stderr
+    procs = {arg: start(tmp_path, arg, **imports) for arg in [*ANSWERS, "trainer.max_epochs=abc"]}
     for arg, expected in ANSWERS.items():
         printed, modules = answer(procs[arg])
         assert expected in printed, arg

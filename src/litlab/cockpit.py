@@ -63,9 +63,8 @@ class TensorBoard(TensorBoardLogger):
         for info in content.experiment.hparam_infos:
             info.differs = info.name in first
         experiment.value[0].metadata.plugin_data.content = content.SerializeToString()
-        writer = self.experiment._get_file_writer()  # as Lightning's log_hyperparams writes them
-        for summary in (experiment, start, end):
-            writer.add_summary(summary)
+        for summary in (experiment, start, end):  # as Lightning's log_hyperparams writes them
+            add_summary(self.experiment, summary)
 
 
 def layout(tags: set[str]) -> dict:
@@ -100,7 +99,7 @@ def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: in
         plugin_data=SummaryMetadata.PluginData(plugin_name="scalars"),
     )
     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value, metadata=meta)])
-    writer._get_file_writer().add_summary(summary, step)  # add_scalar takes no description
+    add_summary(writer, summary, step)  # add_scalar takes no description
 
 
 def add_picture(writer: SummaryWriter, tag: str, image: Image.Image, step: int) -> None:
@@ -111,7 +110,14 @@ def add_picture(writer: SummaryWriter, tag: str, image: Image.Image, step: int) 
     image.save(png, format="PNG", compress_level=1)
     width, height = image.size
     picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png.getvalue())
-    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
+    add_summary(writer, Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
+
+
+def add_summary(writer: SummaryWriter, summary: Summary, step: int | None = None) -> None:
+    """A summary proto as it is: the one place that reaches inside torch's SummaryWriter (its file writer),
+    for what its add_* methods cannot write (a tag's description, a PNG at our level, HParams' flags).
+    Every run's event files test it."""
+    writer._get_file_writer().add_summary(summary, step)
 
 
 def least_squares_optimum(x: Tensor, y: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, float]:

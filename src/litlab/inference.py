@@ -25,9 +25,7 @@ def rebuild(
     cfg: DictConfig, honoured: tuple[str, ...]
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
-    run_dir, ckpt = checkpoint_of(cfg)
-    saved = saved_config(run_dir, cfg, command_overrides(), honoured)
-    check_config(saved)  # as a new run's, before anything in it is built
+    ckpt, saved = saved_run(cfg, honoured)
     data, model = build(saved)
     values = load(ckpt)
     check_compatible(values, ckpt, model, data)
@@ -62,13 +60,17 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def checkpoint_of(cfg: DictConfig) -> tuple[Path, Path]:
-    """(run directory, checkpoint) that ckpt_path= names, or one line saying to give it."""
+def saved_run(cfg: DictConfig, honoured: tuple[str, ...]) -> tuple[Path, DictConfig]:
+    """(checkpoint, saved config) of the run that ckpt_path= names, its config checked as a new run's
+    before anything in it is built; or one line saying to give ckpt_path."""
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError(
             "give ckpt_path=<run dir or a .ckpt inside one>, e.g. ckpt_path=logs/train/runs/<time>"
         )
-    return locate(cfg.ckpt_path)
+    run_dir, ckpt = locate(cfg.ckpt_path)
+    saved = saved_config(run_dir, cfg, command_overrides(), honoured)
+    check_config(saved)
+    return ckpt, saved
 
 
 def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
@@ -121,9 +123,7 @@ def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFram
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
-    run_dir, ckpt = checkpoint_of(cfg)
-    saved = saved_config(run_dir, cfg, command_overrides(), honoured=())
-    check_config(saved)  # as a new run's, before anything in it is built
+    ckpt, saved = saved_run(cfg, honoured=())
     if getattr(get_class(saved.data._target_), "index_inputs", False):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"

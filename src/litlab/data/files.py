@@ -119,9 +119,8 @@ def download(name: str, data_dir: str | Path, base_url: str | None = None, timeo
                 f"download of {url} has SHA-256 {digest.hexdigest()}, expected {SHA256[name]}: "
                 "nothing was saved"
             )
-        umask = os.umask(
-            0
-        )  # mkstemp's file is private (0600); the data file is for everyone the umask allows
+        # mkstemp's file is private (0600); the data file: as readable as the umask allows
+        umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
