@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from litlab.train import train
 from tests.conftest import ROOT, run_dirs, run_train
 from tests.test_stepping import RecordingSGD
-from tests.test_train import events
+from tests.test_train import events, hparams_session
 
 pytestmark = pytest.mark.slow  # each runs train.py end to end
 
@@ -136,6 +136,8 @@ def test_a_lightning_module_as_the_docs_teach_trains_exactly_what_was_asked(cfg_
     [scheduler] = ckpt["lr_schedulers"]
     assert scheduler["last_epoch"] == 250 and scheduler["_last_lr"] == [pytest.approx(1e-4 / 4)]
     assert len(RecordingSGD.norms) == 250 and max(RecordingSGD.norms) <= 1.0 + 1e-5
+    hp, _ = hparams_session(events(cfg.paths.output_dir))  # the template's optimizer is not the one it used
+    assert not [k for k in hp if k.startswith(("optimizer", "scheduler"))] and hp["model"] is not None
     cfg = cfg_factory(*common, "+trainer.max_steps=50")
     cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / "capped")
     Path(cfg.paths.output_dir).mkdir()

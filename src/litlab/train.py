@@ -57,11 +57,16 @@ def plain(value: object) -> int | float | str | bool:
 def hparams_of(cfg: DictConfig) -> dict:
     """The run's choices as flat plain values for TensorBoard's HParams tab."""
     chosen = OmegaConf.to_container(cfg, resolve=True)
-    flat = {"seed": chosen["seed"], "optimizer": chosen["optimizer"]["_target_"].rsplit(".", 1)[-1]}
+    flat = {"seed": chosen["seed"]}
+    # a model that picks its own optimizer and scheduler (configure_optimizers) lists neither of ours
+    ours = [g for g in ("optimizer", "scheduler") if takes(cfg, g)]
+    if "optimizer" in ours:
+        flat["optimizer"] = optimizer_name(cfg)
     if HydraConfig.initialized():  # data=wine, model=mlp, ...: the options as typed
         choices = HydraConfig.get().runtime.choices
-        flat |= {g: choices[g] for g in ("data", "model", "scheduler", "experiment") if choices.get(g)}
-    for group in ("data", "model", "optimizer", "scheduler"):
+        typed = ("data", "model", *(g for g in ours if g != "optimizer"), "experiment")  # optimizer: above
+        flat |= {g: choices[g] for g in typed if choices.get(g)}
+    for group in ("data", "model", *ours):
         for key, value in flatten(chosen.get(group) or {}).items():
             flat[f"{group}.{key}"] = plain(value)
     for key in ("max_epochs", "accelerator", "devices", "precision"):
@@ -161,6 +166,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return data, instantiate(cfg.model, **accepted_arguments(cfg, given))
 
 
+def takes(cfg: DictConfig, argument: str) -> bool:
+    """Whether the model's constructor takes this argument (or any, through **kwargs)."""
+    accepted = parameters(get_class(cfg.model._target_))
+    return accepted is None or argument in accepted
+
+
+def optimizer_name(cfg: DictConfig) -> str:
+    """'SGD' for torch.optim.SGD."""
+    return cfg.optimizer._target_.rsplit(".", 1)[-1]
+
+
 def accepted_arguments(cfg: DictConfig, given: dict) -> dict:
     """What the model's constructor takes of the optimizer, scheduler and the data's sizes. A model written
     as Lightning's docs teach picks its optimizer in configure_optimizers: an optimizer or scheduler typed
@@ -234,10 +250,13 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     out_dir = Path(cfg.paths.output_dir)
     OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     how = fast.describe() if fast is not None else "stepping=lightning"
+    if takes(cfg, "optimizer"):
+        optimizer = f"optimizer={optimizer_name(cfg)} lr={cfg.optimizer.lr}"
+    else:
+        optimizer = "its own optimizer (configure_optimizers)"
     log.info(
-        f"{data.describe()}; {model_choice(cfg)}, optimizer={hparams_of(cfg)['optimizer']} "
-        f"lr={cfg.optimizer.lr}, {cfg.trainer.max_epochs} epochs, {how}, on {trainer.num_devices} "
-        f"{trainer.strategy.root_device.type}"
+        f"{data.describe()}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
+        f"on {trainer.num_devices} {trainer.strategy.root_device.type}"
     )
 
     stopped, metrics = fit(trainer, model, data, resume_ckpt)
