@@ -7,6 +7,8 @@
 (d) a 27-job sweep through `train.py -m` vs a plain script doing the same 27 fits;
 (e) cost growth with size: generated regression at 1e4 ... 1e7 rows x 64, samples/s and peak RSS, and the
     whole one-epoch run at 1e7 rows beside a plain script's;
+(f) a 20-trial Optuna search on the book fit (hparams_search=optimizers, two trials at a time), with the
+    median pruner vs without: wall time and the best loss each reached;
 (g) how long a mistake (and --help) takes to answer: `python train.py <mistake>`, wall seconds.
 Prints a Markdown table of medians and ratios and saves it (default logs/bench.md).
 """
@@ -324,6 +326,43 @@ def bench_processes(repeats: int) -> dict:
     }
 
 
+def bench_search() -> dict[str, dict]:
+    """(f) the same seeded 20-trial search with pruner=median and pruner=none: wall s, best loss, trials
+    pruned."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for pruner in ("median", "none"):
+            sweep_dir = Path(tmp, pruner)
+            command = [sys.executable, str(ROOT / "train.py"), "-m", f"paths.root_dir={tmp}"]
+            command += ["hparams_search=optimizers", "experiment=book_temperature", "trainer=cpu"]
+            command += [f"hydra.sweeper.pruner={pruner}", f"hydra.sweep.dir={sweep_dir}"]
+            seconds = wall(command, ROOT)
+            study = optuna.load_study(
+                study_name="book_temperature", storage=f"sqlite:///{sweep_dir}/optuna.db"
+            )
+            states = [t.state.name for t in study.trials]
+            results[pruner] = {
+                "wall_s": seconds,
+                "best": study.best_value,
+                "pruned": states.count("PRUNED"),
+                "trials": len(states),
+            }
+    return results
+
+
+def searches(f: dict[str, dict]) -> list[tuple]:
+    """The row (f): the pruned search beside the unpruned one."""
+    pruned, full = f["median"], f["none"]
+    label = (
+        f"(f) {full['trials']}-trial search, book fit: pruner=median ({pruned['pruned']} pruned, best loss "
+        f"{pruned['best']:.6f}) vs none (best {full['best']:.6f}): wall s"
+    )
+    return [row(label, pruned["wall_s"], full["wall_s"], "s", "< 1x, same best")]
+
+
 def row(label: str, template: float, plain: float, unit: str, target: str, rate: bool = False) -> tuple:
     """(label, template, plain, ratio, target); ratio template/plain, for a rate plain's time over ours."""
     shown = "{:,.0f}" if rate else "{:.1f}" if unit == "s" else "{:.2f}"
@@ -391,12 +430,18 @@ def main() -> None:
     parser.add_argument("--shuffle", default="rows", help="internal: data.shuffle of the part")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--only-g", action="store_true", help="only (g), the answers to mistakes (a minute)")
+    parser.add_argument(
+        "--only-f", action="store_true", help="only (f), the searches with and without pruning"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.part:
         part = big_template if args.part == "big-template" else big_plain
         print(json.dumps(part(args.n, args.epochs, args.shuffle)))
+        return
+    if args.only_f:
+        print(table(searches(bench_search())))
         return
     g = answers(bench_answers(args.repeats))
     if args.only_g:
@@ -407,8 +452,9 @@ def main() -> None:
     bandwidth = read_bandwidth_gbs()
     c = bench_processes(max(3, args.repeats // 2))
     e = growth()
+    f = searches(bench_search())
     report = f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads)\n\n"
-    report += table(comparisons(a, b, bandwidth, c, e) + g) + "\n"
+    report += table(comparisons(a, b, bandwidth, c, e) + f + g) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

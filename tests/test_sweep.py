@@ -3,9 +3,7 @@
 import json
 import math
 from pathlib import Path
-from types import SimpleNamespace
 
-import optuna
 import pandas as pd
 import pytest
 from hydra.types import RunMode
@@ -15,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from litlab.checks import check_multirun_strategy, several_ranks
 from litlab.errors import ConfigError
-from litlab.sweep import compare_settings, resume_study
+from litlab.sweep import compare_settings, holm
 from litlab.train import train
 from scripts.compare import main as compare_main
 from tests.conftest import compose_train, run_train
@@ -48,17 +46,101 @@ def test_welch_test_gives_the_published_p_value(example):
     a, b, published_p = example
     table = compare_settings(jobs_of({"a": a, "b": b}), ["optimizer"], "val/loss", "min")
     assert table["setting"].tolist() == ["optimizer=a", "optimizer=b"]  # a has the lower mean
-    p = table["p vs best"][1]
-    assert round(p, 3) == published_p
+    assert table["test"][1] == "Welch t"  # no seeds to pair by
+    p = table["p"][1]
+    assert round(p, 3) == published_p and table["p (Holm)"][1] == p  # one comparison: nothing to adjust
     verdict = table["verdict"][1]
     expected = "optimizer=a beats optimizer=b" if published_p < 0.05 else "no significant difference"
     assert expected in verdict and f"p={p:.3g}" in verdict
 
 
+# Student's sleep data (Cushny and Peebles 1905): extra hours of sleep of the same 10 patients under two
+# drugs. R's t.test(extra ~ group, data = sleep, paired = TRUE): t = -4.0621, df = 9, p-value = 0.002833;
+# unpaired (Welch): p-value = 0.07939. The patients are the seeds: pairing finds what Welch drowns.
+SLEEP = (
+    [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0],
+    [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4],
+)
+
+
+def seeded_jobs(samples: dict[str, list[float]], status: str = "ok") -> pd.DataFrame:
+    """A jobs table of settings run with the same seeds 0, 1, ... (column `seed`, as Hydra writes it)."""
+    rows = [
+        {"job": i, "optimizer": k, "seed": str(j), "status": status, "final val/loss": v}
+        for i, (k, j, v) in enumerate((k, j, v) for k, vs in samples.items() for j, v in enumerate(vs))
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_settings_run_with_the_same_seeds_get_a_paired_test():
+    drug_1, drug_2 = SLEEP
+    table = compare_settings(seeded_jobs({"d2": drug_2, "d1": drug_1}), ["optimizer"], "val/loss", "max")
+    assert table["setting"].tolist() == ["optimizer=d2", "optimizer=d1"]
+    assert table["test"][1] == "paired t, 10 seeds"
+    assert table["p"][1] == pytest.approx(stats.ttest_rel(drug_1, drug_2).pvalue, rel=1e-12)
+    assert round(table["p"][1], 6) == 0.002833  # R's published value
+    assert table["diff"][1] == pytest.approx(-1.58)
+    differences = [b - a for a, b in zip(drug_2, drug_1, strict=True)]
+    assert table["effect size"][1] == pytest.approx(-1.58 / stats.tstd(differences))  # Cohen's d_z
+    assert "optimizer=d2 beats optimizer=d1" in table["verdict"][1]
+    shuffled = seeded_jobs({"d2": drug_2, "d1": drug_1[1:] + drug_1[:1]})  # the seeds no longer match up
+    shuffled.loc[shuffled["optimizer"] == "d1", "seed"] = [str(i) for i in range(10, 20)]
+    unpaired = compare_settings(shuffled, ["optimizer"], "val/loss", "max")
+    assert unpaired["test"][1] == "Welch t" and round(unpaired["p"][1], 5) == 0.07939
+
+
+def test_holm_adjusts_as_the_worked_example():
+    # Wikipedia, Holm-Bonferroni method: p = 0.01, 0.04, 0.03, 0.005 at alpha 0.05 rejects H1 and H4 only.
+    adjusted = holm([0.01, 0.04, 0.03, 0.005])
+    assert adjusted == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert [p < 0.05 for p in adjusted] == [True, False, False, True]
+    assert math.isnan(holm([0.2, math.nan])[1]) and holm([0.2, math.nan])[0] == 0.2
+    # in a table: the best against three others, each p adjusted over the three
+    base = [1.0, 1.1, 0.9, 1.05, 0.95]
+    jobs = seeded_jobs(
+        {
+            "a": base,
+            "b": [v + 0.5 + 0.05 * i for i, v in enumerate(base)],
+            "c": [v + 0.02 * (i % 2) + 0.4 for i, v in enumerate(base)],
+            "d": [v + 0.3 + 0.1 * (-1) ** i for i, v in enumerate(base)],
+        }
+    )
+    table = compare_settings(jobs, ["optimizer"], "val/loss", "min")
+    assert table["p (Holm)"][1:].tolist() == pytest.approx(holm(table["p"][1:].tolist()))
+    assert (table["p (Holm)"][1:] >= table["p"][1:]).all()
+
+
+def test_a_difference_below_min_effect_is_no_practical_difference_whatever_p_says():
+    # sgd vs adam on the book fit: the same loss up to 1e-7 in every seed, a tiny p all the same
+    sgd = [2.927647 + 1e-9 * i for i in range(5)]
+    adam = [v + 1e-7 + 1e-9 * (i % 2) for i, v in enumerate(sgd)]
+    table = compare_settings(seeded_jobs({"sgd": sgd, "adam": adam}), ["optimizer"], "val/loss", "min")
+    assert table["p"][1] < 1e-3
+    assert table["verdict"][1].startswith("no practical difference")
+    strict = compare_settings(seeded_jobs({"sgd": sgd, "adam": adam}), ["optimizer"], "val/loss", "min", 0.0)
+    assert "beats" in strict["verdict"][1]
+
+
+def test_a_setting_without_a_finite_ok_value_is_never_ranked():
+    jobs = pd.concat(
+        [
+            seeded_jobs({"diverged": [math.nan, math.inf]}, "diverged"),
+            seeded_jobs({"pruned": [0.1, 0.2]}, "pruned"),
+            seeded_jobs({"ok": [3.0, 4.0]}),
+        ]
+    )
+    table = compare_settings(jobs.reset_index(drop=True), ["optimizer"], "val/loss", "min")
+    assert table["setting"][0] == "optimizer=ok" and table["rank"][0] == 1  # pruned values are not final
+    assert table["rank"][1:].isna().all() and table["left out"].tolist() == [0, 2, 2]
+    assert all(v.startswith("not ranked") for v in table["verdict"][1:])
+    nothing = compare_settings(seeded_jobs({"x": [math.nan]}, "diverged"), ["optimizer"], "val/loss", "min")
+    assert nothing["rank"].isna().all() and nothing["verdict"][0].startswith("not ranked")
+
+
 def test_settings_rank_by_mode_and_count_failures():
     jobs = jobs_of({"sgd": [1.0, 2.0, 3.0], "adam": [4.0, 6.0, math.nan]})
     low = compare_settings(jobs, ["optimizer"], "val/loss", "min")
-    assert low[["setting", "n", "mean", "std", "no value"]].values.tolist() == [
+    assert low[["setting", "n", "mean", "std", "left out"]].values.tolist() == [
         ["optimizer=sgd", 3, 2.0, 1.0, 0],
         ["optimizer=adam", 2, 5.0, math.sqrt(2.0), 1],  # the nan run counts as not ok, not as a value
     ]
@@ -66,19 +148,6 @@ def test_settings_rank_by_mode_and_count_failures():
     assert high["setting"][0] == "optimizer=adam"
     pooled = compare_settings(jobs, [], "val/loss", "min")
     assert pooled["setting"].tolist() == ["all jobs"] and pooled["n"][0] == 5
-
-
-def test_resume_continues_a_killed_study_to_n_trials_in_all(tmp_path):
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    study = optuna.create_study(study_name="s", storage=storage)
-    trials = [study.ask() for _ in range(3)]
-    study.tell(trials[0], 1.0)
-    study.tell(trials[1], state=optuna.trial.TrialState.FAIL)  # trial 2 stays running: the kill
-    sweeper = SimpleNamespace(storage=storage, study_name="s", n_trials=5, job_idx=0)
-    resume_study(sweeper)
-    assert (sweeper.n_trials, sweeper.job_idx) == (3, 3)  # 2 finished of 5; jobs go on from number 3
-    states = [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials]
-    assert states == ["COMPLETE", "FAIL", "FAIL"]
 
 
 def test_devices_auto_counts_every_gpu(monkeypatch):
@@ -163,8 +232,8 @@ def test_grid_sweep_in_parallel_summary_matches_the_jobs(tmp_path, capsys):
         assert row.n == 2 and row.mean == pytest.approx(sum(values[row.setting]) / 2)
     best, other = settings["setting"]
     assert settings["mean"][0] <= settings["mean"][1]
-    welch = stats.ttest_ind(values[best], values[other], equal_var=False).pvalue
-    assert settings["p vs best"][1] == pytest.approx(welch)
+    paired = stats.ttest_rel(values[other], values[best]).pvalue  # seeds 0 and 1 on both sides
+    assert settings["test"][1] == "paired t, 2 seeds" and settings["p"][1] == pytest.approx(paired)
     assert (sweep_dir / "summary.md").read_text().count("\n| ") >= 4 + 2
 
     compare_main([str(sweep_dir), "--by", "seed"])  # any past sweep, grouped by another key
@@ -188,26 +257,12 @@ def test_failed_and_diverged_jobs_under_submitit_still_get_a_summary(tmp_path):
     assert math.isfinite(jobs.loc["0.0001", "final train/loss"]) and jobs.loc["0.0001", "status"] == "ok"
     settings = pd.read_csv(sweep_dir / "settings.csv")
     assert settings["setting"].tolist()[0] == "optimizer.lr=0.0001"
-    assert settings.set_index("setting")["no value"].to_dict() == {
+    assert settings.set_index("setting")["left out"].to_dict() == {
         "optimizer.lr=0.0001": 0,
         "optimizer.lr=0.01": 1,
         "optimizer.lr=-1": 1,
     }
     assert "optimizer.lr=-1" in (sweep_dir / "summary.md").read_text()
-
-
-@pytest.mark.slow
-def test_optuna_search_survives_failures_and_resumes_to_n_trials(tmp_path):
-    common = ("hparams_search=optimizers", "trainer.max_epochs=50")
-    # First run: every trial fails (lr=-1 is fixed over the searched lr); the stock sweeper aborted here.
-    sweep_dir = sweep(tmp_path, *common, "hydra.sweeper.n_trials=2", "optimizer.lr=-1")
-    assert pd.read_csv(sweep_dir / "jobs.csv")["status"].tolist() == ["failed", "failed"]
-    sweep(tmp_path, *common, "hydra.sweeper.n_trials=3")  # the same directory: continue to 3 in all
-    study = optuna.load_study(study_name="train", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    assert [t.state.name for t in study.trials] == ["FAIL", "FAIL", "COMPLETE"]
-    jobs = pd.read_csv(sweep_dir / "jobs.csv")
-    assert jobs["job"].tolist() == [0, 1, 2] and jobs["status"].tolist() == ["failed", "failed", "ok"]
-    assert jobs["final val/loss"][2] == pytest.approx(study.trials[2].value)
 
 
 @pytest.mark.slow
@@ -244,3 +299,19 @@ def test_ddp_sweeps_that_cannot_start_their_ranks_are_refused(tmp_path):
         .splitlines()[-1]
         .startswith("error: trainer.strategy=ddp with trainer.devices=2")
     )
+
+
+@pytest.mark.slow
+def test_a_diverged_experiment_is_not_ranked_best(tmp_path):
+    # Each experiment optimises train/loss, which the sweep's own config (val/loss) does not know.
+    sweep_dir = sweep(
+        tmp_path,
+        "hydra/launcher=basic",
+        "experiment=book_divergence,book_temperature",
+        "trainer.max_epochs=300",
+    )
+    settings = pd.read_csv(sweep_dir / "settings.csv").set_index("setting")
+    assert settings.loc["experiment=book_temperature", "rank"] == 1
+    assert math.isnan(settings.loc["experiment=book_divergence", "rank"])
+    assert settings.loc["experiment=book_divergence", "verdict"].startswith("not ranked")
+    assert "metric train/loss (min)" in (sweep_dir / "summary.md").read_text()

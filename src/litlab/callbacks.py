@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from litlab.errors import ConfigError, Diverged
-from litlab.stepping import data_epoch, max_data_epochs, steps_per_epoch
+from litlab.stepping import data_epoch, max_data_epochs, metrics_due, steps_per_epoch
 
 
 class EpochProgressBar(ProgressBar):
@@ -174,3 +174,29 @@ class LastCheckpoint(Callback):
             self.save(trainer, pl_module)
         elif trainer.is_global_zero:  # an epoch end that raised half-way (divergence commits at epoch start)
             self.pending.unlink(missing_ok=True)
+
+
+class Pruning(Callback):
+    """Reports the optimised metric to this job's Optuna trial (litlab.search) wherever it is new (after
+    each validation; on each logged training loss where there is no validation split), at the data epoch,
+    and stops the run at once where the study's pruner says so. Added by train() in our sweeper's jobs."""
+
+    fast_steps_aware = True  # reports at data epochs (src/litlab/stepping.py)
+
+    def __init__(self, trial, metric: str):
+        super().__init__()
+        self.trial, self.metric = trial, metric
+        self.pruned_at: int | None = None  # the data epoch where the pruner stopped the run
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or not metrics_due(trainer):
+            return
+        prune = False
+        value = trainer.callback_metrics.get(self.metric)
+        if trainer.is_global_zero and value is not None and math.isfinite(float(value)):
+            epoch = data_epoch(trainer)
+            self.trial.report(float(value), epoch)
+            prune = self.trial.should_prune()
+        if trainer.strategy.broadcast(prune):  # rank 0 decides for all
+            self.pruned_at = data_epoch(trainer)
+            trainer.should_stop = True

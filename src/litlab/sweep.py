@@ -1,4 +1,5 @@
-"""Sweep summaries: one row per job, settings grouped over seeds and ranked, Welch t-tests against the best.
+"""Sweep summaries: one row per job, settings grouped over seeds and ranked, each tested against the best
+(paired over seeds where it can, Holm-adjusted, with a practical threshold).
 
 The Hydra callback `SweepSummary` writes them when a multirun ends; scripts/compare.py prints them for any
 past sweep. pandas and scipy are imported inside the functions that use them: Hydra instantiates the
@@ -22,7 +23,10 @@ from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-ALPHA = 0.05  # significance level of the verdicts
+ALPHA = 0.05  # significance level of the verdicts (on Holm-adjusted p-values)
+# sweep.min_effect's default: a relative difference of the means below which a verdict says "no practical
+# difference", whatever p says (1e-7 on the book's loss of 2.93 is not a difference between optimizers)
+MIN_EFFECT = 0.01
 STAGES = ("train", "val", "test")
 LOWER_IS_BETTER = (
     "loss",
@@ -98,6 +102,18 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (job_number(d), d.name))
 
 
+def jobs_metric(sweep_dir: Path, metric: str, mode: str) -> tuple[str, str]:
+    """(optimized_metric, optimized_mode) that the sweep's jobs optimised, where they all agree (a swept
+    experiment= sets its own, which the sweep's config does not know); else the given ones."""
+    chosen = set()
+    for job in job_dirs(sweep_dir):
+        saved = job / ".hydra" / "config.yaml"
+        if saved.is_file():
+            cfg = OmegaConf.load(saved)
+            chosen.add((cfg.get("optimized_metric", metric), cfg.get("optimized_mode", mode)))
+    return chosen.pop() if len(chosen) == 1 else (metric, mode)
+
+
 def read_overrides(run_dir: Path) -> dict[str, str]:
     """The job's command-line overrides as {key: value}."""
     return dict(parse_override(o) for o in OmegaConf.load(run_dir / ".hydra" / "overrides.yaml"))
@@ -145,24 +161,67 @@ def job_number(run_dir: Path) -> int:
     return int(prefix) if prefix.isdigit() else -1
 
 
-def welch(a: list[float], b: list[float]) -> float:
-    """Two-sided p-value of Welch's unequal-variance t-test; nan where it cannot be computed."""
+def paired(a: dict, b: dict) -> tuple[list[float], list[float]]:
+    """The values of two settings at the seeds both ran ({seed: value} each), in seed order."""
+    common = sorted(set(a) & set(b), key=str)
+    return [a[k] for k in common], [b[k] for k in common]
+
+
+def test_pair(best: dict, other: dict, by_seed: bool) -> dict:
+    """Best against another setting ({seed or run: value} each): a paired t-test on the per-seed differences
+    where both ran the same seeds (at least two), else Welch's unequal-variance t-test; the mean difference
+    (other - best), relative to the best's mean, and the effect size (Cohen's d_z of the differences,
+    paired; Cohen's d on the mean variance, Welch)."""
+    import numpy as np
     from scipy import stats
 
-    if len(a) < 2 or len(b) < 2:
-        return math.nan
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    a, b = paired(best, other) if by_seed else ([], [])
+    if len(a) >= 2:
+        diffs = np.subtract(b, a)
+        test, n = f"paired t, {len(a)} seeds", (len(a), len(b))
+        p = stats.ttest_rel(b, a).pvalue if diffs.std() > 0 else math.nan
+        diff, spread = float(diffs.mean()), float(diffs.std(ddof=1))
+    else:
+        a, b = list(best.values()), list(other.values())
+        test, n = "Welch t", (len(a), len(b))
+        enough = len(a) >= 2 and len(b) >= 2
+        p = stats.ttest_ind(b, a, equal_var=False).pvalue if enough and (np.std(a) or np.std(b)) else math.nan
+        diff = _mean(b) - _mean(a) if a and b else math.nan
+        spread = math.sqrt((_std(a) ** 2 + _std(b) ** 2) / 2) if enough else math.nan
+    scale = abs(_mean(a)) if a else math.nan
+    return {
+        "test": test,
+        "n": n,
+        "diff": diff,
+        "rel diff": diff / scale if scale else (0.0 if diff == 0 else math.inf),
+        "effect size": diff / spread if spread else math.nan,
+        "p": float(p),
+    }
 
 
-def verdict(best: str, other: str, p: float, n: tuple[int, int]) -> str:
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of p-values for comparing one setting with several (nan stays nan):
+    the i-th smallest of m is multiplied by m - i + 1, and kept at least as large as the one before."""
+    order = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    adjusted, running = [math.nan] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(best: str, other: str, row: dict, min_effect: float) -> str:
     """A plain sentence for the best setting against another one."""
+    n, rel, p = row["n"], row["rel diff"], row["p (Holm)"]
     if min(n) < 2:
         return f"too few runs to test {best} against {other} (n={n[0]} vs {n[1]}): add seeds"
+    if abs(rel) < min_effect:
+        return f"no practical difference ({rel:+.3g} relative, below sweep.min_effect={min_effect:g})"
     if math.isnan(p):
-        return f"{best} and {other} gave identical values in every run: nothing to test"
+        return f"{best} and {other} differ by the same amount in every run: nothing to test"
     if p < ALPHA:
-        return f"{best} beats {other}, p={p:.3g}"
-    return f"{best} vs {other}: no significant difference, p={p:.3g}"
+        return f"{best} beats {other} ({rel:+.3g} relative), p={p:.3g}"
+    return f"{best} vs {other}: no significant difference ({rel:+.3g} relative), p={p:.3g}"
 
 
 def setting_labels(jobs, keys: list[str]):
@@ -175,10 +234,13 @@ def setting_labels(jobs, keys: list[str]):
     )
 
 
-def compare_settings(jobs, by: list[str], optimized_metric: str, optimized_mode: str):
-    """Settings (jobs grouped by the `by` keys, pooling seeds) ranked by the mean final metric, each
-    with a Welch t-test against the best. Only finite final values count; `no value` counts the
-    others (failed, diverged, killed)."""
+def compare_settings(
+    jobs, by: list[str], optimized_metric: str, optimized_mode: str, min_effect: float = MIN_EFFECT
+):
+    """Settings (jobs grouped by the `by` keys, pooling seeds) ranked by the mean final metric of the runs
+    that ended ok with a finite value, each tested against the best (test_pair, Holm-adjusted over the
+    settings compared). A setting with no such run is not ranked; `left out` counts the runs that did not
+    count (failed, diverged, pruned, killed)."""
     import pandas as pd
 
     column = f"final {optimized_metric}"
@@ -187,31 +249,49 @@ def compare_settings(jobs, by: list[str], optimized_metric: str, optimized_mode:
         if column in jobs
         else jobs["job"].map(lambda _: math.nan)
     )
+    ok = jobs["status"].eq("ok") if "status" in jobs else values.notna()
     labels = setting_labels(jobs, by)
-    samples = {s: [v for v in values[labels == s] if math.isfinite(v)] for s in dict.fromkeys(labels)}
+    by_seed = "seed" in jobs and "seed" not in by
+    keys = jobs["seed"] if by_seed else pd.Series(range(len(jobs)), index=jobs.index)  # unpaired: any run
+    samples = {
+        s: {
+            k: v
+            for k, v, good in zip(keys[labels == s], values[labels == s], ok[labels == s], strict=True)
+            if good and math.isfinite(v)
+        }
+        for s in dict.fromkeys(labels)
+    }
     table = pd.DataFrame(
         {
             "setting": list(samples),
             "n": [len(v) for v in samples.values()],
-            "mean": [_mean(v) for v in samples.values()],
-            "std": [_std(v) for v in samples.values()],
-            "no value": [int((labels == s).sum()) - len(v) for s, v in samples.items()],
+            "mean": [_mean(list(v.values())) for v in samples.values()],
+            "std": [_std(list(v.values())) for v in samples.values()],
+            "left out": [int((labels == s).sum()) - len(v) for s, v in samples.items()],
         }
     )
-    # Settings without a single finite result rank last.
     table = table.sort_values(
         ["n", "mean"], key=lambda c: c > 0 if c.name == "n" else c, ascending=[False, optimized_mode == "min"]
-    )
-    table.insert(0, "rank", range(1, len(table) + 1))
-    best = table["setting"].iloc[0]
-    table["p vs best"] = [
-        welch(samples[best], samples[s]) if s != best else math.nan for s in table["setting"]
-    ]
+    ).reset_index(drop=True)
+    ranked = table["n"] > 0
+    table.insert(0, "rank", pd.array([i + 1 if r else pd.NA for i, r in enumerate(ranked)], dtype="Int64"))
+    best = table["setting"][0] if ranked.any() else None
+    rows = {s: test_pair(samples[best], samples[s], by_seed) for s in table["setting"][ranked] if s != best}
+    for row, adjusted in zip(rows.values(), holm([r["p"] for r in rows.values()]), strict=True):
+        row["p (Holm)"] = adjusted
+    for key in ("test", "diff", "rel diff", "effect size", "p", "p (Holm)"):
+        table[key] = [
+            rows[s][key] if s in rows else ("" if key == "test" else math.nan) for s in table["setting"]
+        ]
     table["verdict"] = [
-        verdict(best, s, p, (len(samples[best]), len(samples[s]))) if s != best else "best"
-        for s, p in zip(table["setting"], table["p vs best"], strict=True)
+        "best"
+        if s == best
+        else verdict(best, s, rows[s], min_effect)
+        if s in rows
+        else f"not ranked: no run ended ok with a finite {optimized_metric}"
+        for s in table["setting"]
     ]
-    return table.reset_index(drop=True)
+    return table
 
 
 def _mean(s: list[float]) -> float:
@@ -226,7 +306,13 @@ def _std(s: list[float]) -> float:
     return math.sqrt(sum((v - m) ** 2 for v in s) / (len(s) - 1))
 
 
-def summarise(sweep_dir: Path, optimized_metric: str, optimized_mode: str, by: list[str] | None = None):
+def summarise(
+    sweep_dir: Path,
+    optimized_metric: str,
+    optimized_mode: str,
+    by: list[str] | None = None,
+    min_effect: float = MIN_EFFECT,
+):
     """(jobs table, settings table, Markdown text) of a sweep; `by` defaults to every varying override
     except seed."""
     jobs, varying = read_sweep(sweep_dir, optimized_metric, optimized_mode)
@@ -238,14 +324,18 @@ def summarise(sweep_dir: Path, optimized_metric: str, optimized_mode: str, by: l
         raise ConfigError(
             f"--by {' '.join(unknown)}: not an override of this sweep; its keys: {' '.join(varying)}"
         )
-    settings = compare_settings(jobs, by, optimized_metric, optimized_mode)
-    return jobs, settings, markdown(sweep_dir, jobs, varying, settings, optimized_metric, optimized_mode)
+    settings = compare_settings(jobs, by, optimized_metric, optimized_mode, min_effect)
+    text = markdown(sweep_dir, jobs, varying, settings, optimized_metric, optimized_mode, min_effect)
+    return jobs, settings, text
 
 
 def markdown_table(table) -> str:
     """A DataFrame as a GitHub Markdown table (numbers to 6 significant digits)."""
+    import pandas as pd
 
     def cell(v: Any) -> str:
+        if v is None or v is pd.NA:
+            return ""
         return f"{v:.6g}" if isinstance(v, float) else str(v).replace("|", "\\|")
 
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
@@ -253,7 +343,9 @@ def markdown_table(table) -> str:
     return "\n".join(lines)
 
 
-def markdown(sweep_dir: Path, jobs, varying: list[str], settings, metric: str, mode: str) -> str:
+def markdown(
+    sweep_dir: Path, jobs, varying: list[str], settings, metric: str, mode: str, min_effect: float
+) -> str:
     """The summary for reading: jobs, then ranked settings with their verdicts."""
     shown = ["job", "overrides", "status", f"final {metric}", f"best {metric}", "duration_s", "error"]
     view = jobs.assign(overrides=setting_labels(jobs, varying))
@@ -261,16 +353,23 @@ def markdown(sweep_dir: Path, jobs, varying: list[str], settings, metric: str, m
     return (
         f"# Sweep {sweep_dir}\n\n{len(jobs)} jobs ({counts}); metric {metric} ({mode}).\n\n## Jobs\n\n"
         f"{markdown_table(view[[c for c in shown if c in view]])}\n\n"
-        f"## Settings over seeds, best first (Welch t-test vs the best, alpha {ALPHA}, uncorrected)\n\n"
+        "## Settings over seeds, best first\n\nEach against the best: a paired t-test on the per-seed "
+        "differences where both ran the same seeds, else Welch's; p Holm-adjusted over the settings "
+        f"compared, alpha {ALPHA}; below sweep.min_effect={min_effect:g} (relative): no practical "
+        "difference.\n\n"
         f"{markdown_table(settings)}\n"
     )
 
 
 def write_summary(
-    sweep_dir: Path, optimized_metric: str, optimized_mode: str, by: list[str] | None = None
+    sweep_dir: Path,
+    optimized_metric: str,
+    optimized_mode: str,
+    by: list[str] | None = None,
+    min_effect: float = MIN_EFFECT,
 ) -> str:
     """jobs.csv, settings.csv and summary.md in the sweep directory; returns the Markdown."""
-    jobs, settings, text = summarise(sweep_dir, optimized_metric, optimized_mode, by)
+    jobs, settings, text = summarise(sweep_dir, optimized_metric, optimized_mode, by, min_effect)
     if settings is not None:
         jobs.to_csv(sweep_dir / "jobs.csv", index=False)
         settings.to_csv(sweep_dir / "settings.csv", index=False)
@@ -291,36 +390,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        text = write_summary(sweep_dir, config.optimized_metric, config.optimized_mode)
+        min_effect = OmegaConf.select(config, "sweep.min_effect", default=MIN_EFFECT)
+        metric, mode = jobs_metric(sweep_dir, config.optimized_metric, config.optimized_mode)
+        text = write_summary(sweep_dir, metric, mode, None, min_effect)
         print(text, flush=True)
         log.info(f"summary: {sweep_dir / 'summary.md'} (jobs.csv, settings.csv)")
-
-
-def resume_study(sweeper: Any) -> None:
-    """Make an OptunaSweeperImpl continue its stored study: n_trials counts the trials already finished,
-    jobs are numbered after them, and trials left running by a killed run are marked failed."""
-    import optuna
-
-    if sweeper.storage is None or sweeper.study_name is None:
-        return
-    try:
-        study = optuna.load_study(study_name=sweeper.study_name, storage=sweeper.storage)
-    except KeyError:  # no such study yet: a fresh search
-        return
-    trials = study.get_trials(deepcopy=False)
-    stale = [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING]
-    for number in stale:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
-    finished = len(trials) - len(stale)
-    log.info(f"study {sweeper.study_name}: {finished} trials done, {len(stale)} interrupted; going on")
-    sweeper.n_trials = max(0, sweeper.n_trials - finished)
-    sweeper.job_idx = len(trials)
-
-
-def optimizer_knobs(config: DictConfig, trial: Any) -> None:
-    """Optuna custom search space: the knobs of the optimizer this trial chose (momentum exists for
-    sgd and rmsprop, not adam, so it cannot be a plain sweeper param)."""
-    if trial.params.get("optimizer") in ("sgd", "rmsprop"):
-        trial.suggest_float("optimizer.momentum", 0.0, 0.95)
-    if trial.params.get("optimizer") == "rmsprop":
-        trial.suggest_float("optimizer.alpha", 0.9, 0.999)

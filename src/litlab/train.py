@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from litlab.callbacks import Pruning
 from litlab.checkpoints import (
     check_compatible,
     check_resumable,
@@ -27,6 +28,7 @@ from litlab.checks import check_config, parameters
 from litlab.cockpit import TensorBoard
 from litlab.data.base import TASKS, TaskMismatch
 from litlab.errors import ConfigError, Diverged, flat, user_error
+from litlab.search import job_trial
 from litlab.stepping import FastSteps, epochs_trained, refuse
 from litlab.sweep import swept_keys, write_result
 
@@ -106,9 +108,19 @@ def finish(
     metrics: dict,
     epochs: int,
     started: float,
+    pruned: bool = False,
 ) -> str:
-    """Record how the run ended (ok, diverged, interrupted) in TensorBoard's hparams and metrics.json."""
-    status = "ok" if stopped is None else "diverged" if isinstance(stopped, Diverged) else "interrupted"
+    """Record how the run ended (ok, pruned, diverged, interrupted) in TensorBoard's hparams and
+    metrics.json."""
+    status = (
+        "pruned"
+        if pruned
+        else "ok"
+        if stopped is None
+        else "diverged"
+        if isinstance(stopped, Diverged)
+        else "interrupted"
+    )
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoard):  # real final values: each curve's last point
             swept = swept_keys()
@@ -117,7 +129,7 @@ def finish(
                 hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
             order = [cfg.optimized_metric, *(m for m in ("train/loss", "val/loss") if m in metrics)]
             logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
-            logger.finalize("success" if status == "ok" else "failed")
+            logger.finalize("success" if status in ("ok", "pruned") else "failed")
     error = str(stopped or "").removeprefix("error: ")
     write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
     return status
@@ -237,7 +249,9 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         check_compatible(saved, resume_ckpt, model, data)
         check_resumable(saved, resume_ckpt, fast)
     loggers = [instantiate(c, **logger_kwargs(c, saved)) for c in (cfg.get("logger") or {}).values() if c]
-    callbacks = [c for _, c in callbacks.values()] + ([fast] if fast is not None else [])
+    trial = job_trial()  # a trial of our Optuna sweeper: report to it, stop where its pruner says
+    pruning = Pruning(trial, cfg.optimized_metric) if trial is not None else None
+    callbacks = [c for _, c in callbacks.values()] + [c for c in (fast, pruning) if c is not None]
     # Without a ModelCheckpoint of ours, Lightning would add its own (one file per epoch).
     checkpointing = any(isinstance(c, ModelCheckpoint) for c in callbacks)
     trainer_class = get_class(settings.pop("_target_"))
@@ -274,7 +288,10 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
     if isinstance(stopped, Diverged):
         epochs = stopped.epoch
-    status = finish(cfg, trainer, stopped, metrics, epochs, started)
+    pruned = stopped is None and pruning is not None and pruning.pruned_at is not None
+    if pruned:
+        log.info(f"pruned after {epochs} epochs: trial {trial.number} is behind the study's others")
+    status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)
     if stopped is not None:
         raise stopped
     shown = {k: f"{v:.6g}" for k, v in sorted(metrics.items())}

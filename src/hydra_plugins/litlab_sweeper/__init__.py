@@ -1,49 +1,137 @@
-"""Hydra finds sweepers only in the hydra_plugins package: litlab's Optuna sweeper lives here."""
+"""litlab's Optuna sweeper (Hydra finds sweepers only in the hydra_plugins package). Its config:
+conf/hydra/sweeper/optuna.yaml; the study, its slots and its trials: src/litlab/search.py."""
 
 import logging
-import math
+import os
+from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import get_method
+from omegaconf import DictConfig, OmegaConf
+
+from litlab import search
+from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    """Optuna's sweeper with three fixes for long searches:
+class OptunaSweeper(Sweeper):
+    """Runs a study's trials through Hydra's launcher, a batch of n_jobs at a time, until the study's
+    n_trials slots are all taken; several processes given one storage and study_name share the slots."""
 
-    - n_trials is the study's total: re-running the same command with the same hydra.sweep.dir (so the
-      same sqlite storage) continues an interrupted search instead of adding n_trials more;
-    - a job that returns nan (train.py's value for a failed or diverged job) becomes a FAIL trial: the
-      stock sweeper 1.3 aborts the whole search there ("Values cannot be specified when state is FAIL");
-    - a study whose every trial failed ends with a warning instead of an error, so the summary is written.
-    """
+    def __init__(
+        self,
+        storage: str,
+        study_name: str,
+        direction: str,
+        n_trials: int,
+        n_jobs: int | None,
+        sampler: str,
+        sampler_kwargs: DictConfig | None,
+        seed: int | None,
+        pruner: str,
+        pruner_kwargs: DictConfig | None,
+        max_failure_rate: float,
+        params: DictConfig | None,
+        custom_search_space: str | None,
+    ) -> None:
+        self.storage, self.study_name, self.direction = storage, study_name, direction
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.sampler, self.seed, self.pruner = sampler, seed, pruner
+        self.sampler_kwargs = OmegaConf.to_container(sampler_kwargs) if sampler_kwargs else {}
+        self.pruner_kwargs = OmegaConf.to_container(pruner_kwargs) if pruner_kwargs else {}
+        self.params = OmegaConf.to_container(params) if params else {}
+        self.custom_search_space = custom_search_space
 
-    def setup(self, **kwargs: Any) -> None:
-        super().setup(**kwargs)
-        launch = self.sweeper.launcher.launch
-        self.sweeper.launcher.launch = lambda overrides, initial_job_idx: [
-            failed_if_nan(r) for r in launch(overrides, initial_job_idx=initial_job_idx)
-        ]
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def sweep(self, arguments: list[str]) -> None:
-        from litlab.sweep import resume_study
+        import optuna
 
-        resume_study(self.sweeper)
-        try:
-            return self.sweeper.sweep(arguments)
-        except ValueError as e:
-            # study.best_trial after the last batch, in memory or in a database
-            if not any(m in str(e) for m in ("No trials are completed yet", "Record does not exist")):
+        if self.direction not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction={self.direction}: minimize or maximize")
+        if not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} must be a whole number >= 1")
+        space, fixed = search.parse_space(self.params, arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir)  # as Hydra's own sweeper: the sweep's config first
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        extend = get_method(self.custom_search_space) if self.custom_search_space else None
+        storage = search.storage_of(self.storage)
+        pruner = search.pruner_of(self.pruner, self.pruner_kwargs)
+        # A sampler seeded alike in every process (or on every resume) would propose the same trials again:
+        # the study's creator takes `seed`; a process that joins or resumes it, `seed` mixed with the trials
+        # done and its process id.
+        study, created = search.open_study(storage, self.study_name, self.direction, pruner, self.n_trials)
+        interrupted = search.fail_interrupted(study)
+        done = len(search.finished(study))
+        seed = self.seed if created or self.seed is None else search.joiner_seed(self.seed, done)
+        study.sampler = search.sampler_of(self.sampler, self.sampler_kwargs, seed, space)
+        batch = self.batch_size()
+        log.info(
+            f"study {self.study_name} in {self.storage}: {done} of {self.n_trials} trials done"
+            + (f" ({len(interrupted)} interrupted: failed)" if interrupted else "")
+            + f"; {batch} at a time, sampler {type(study.sampler).__name__} (seed {seed}), "
+            f"pruner {type(pruner).__name__}"
+        )
+        while trials := search.claim(study, self.n_trials, batch):
+            try:
+                overrides = []
+                for trial in trials:
+                    search.suggest(trial, space)
+                    if extend is not None:
+                        extend(self.config, trial)
+                    overrides.append([*fixed, *(f"{k}={v}" for k, v in trial.params.items())])
+                going_on = self.run(study, trials, overrides)
+            except BaseException:  # Ctrl-C, a launcher's error: the claimed trials are not running any more
+                for trial in trials:
+                    if study.get_trials(deepcopy=False)[trial.number].state.name == "RUNNING":
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            log.warning("no trial completed: every job failed (see the summary)")
+            if not going_on:
+                log.info("the sampler has no more trials to propose (a grid sampler's grid is done)")
+                break
+            if search.failure_rate(study) > self.max_failure_rate:
+                log.error(
+                    f"more than {self.max_failure_rate:.0%} of the trials failed "
+                    "(hydra.sweeper.max_failure_rate): stopping the search; see the summary"
+                )
+                break
+        search.log_best(study)
 
+    def run(self, study: Any, trials: list, overrides: list[list[str]]) -> bool:
+        """Launch the trials (job number = trial number, so each job finds its trial) and tell Optuna;
+        False where the sampler has no more trials to propose."""
+        start, going_on = 0, True
+        while start < len(trials):  # consecutive numbers launch together: one batch for the launcher
+            end = start + 1
+            while end < len(trials) and trials[end].number == trials[end - 1].number + 1:
+                end += 1
+            jobs = self.launcher.launch(overrides[start:end], initial_job_idx=trials[start].number)
+            for trial, job in zip(trials[start:end], jobs, strict=True):
+                state, value, status, error = search.outcome(job)
+                trial.set_user_attr("status", status)
+                if error:
+                    trial.set_user_attr("error", error)
+                going_on &= search.tell(study, trial, value, state)
+            start = end
+        return going_on
 
-def failed_if_nan(job: JobReturn) -> JobReturn:
-    """A completed job whose value is nan, marked failed, so that the sweeper tells Optuna FAIL."""
-    value = job._return_value
-    if job.status == JobStatus.COMPLETED and isinstance(value, float) and math.isnan(value):
-        job.status = JobStatus.FAILED
-        job._return_value = ValueError(f"{' '.join(job.overrides or [])} returned nan: see its metrics.json")
-    return job
+    def batch_size(self) -> int:
+        """Trials per batch: hydra.sweeper.n_jobs, else as many as the launcher runs at once (joblib: its
+        n_jobs, -1 for one per core); 1 for a launcher that runs one job at a time."""
+        if self.n_jobs is not None:
+            if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+                raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs} must be a whole number >= 1 (or null)")
+            return self.n_jobs
+        workers = self.config.hydra.launcher.get("n_jobs")
+        if workers is None:
+            return 1
+        return max(1, (os.cpu_count() or 1) + 1 + workers) if workers < 0 else workers  # joblib's meaning
