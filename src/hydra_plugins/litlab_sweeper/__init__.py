@@ -126,12 +126,14 @@ class OptunaSweeper(Sweeper):
 
     def batch_size(self) -> int:
         """Trials per batch: hydra.sweeper.n_jobs, else as many as the launcher runs at once (joblib: its
-        n_jobs, -1 for one per core); 1 for a launcher that runs one job at a time."""
+        n_jobs, -1 for one per core; submitit: its array_parallelism); 1 for a launcher that runs one job
+        at a time."""
         if self.n_jobs is not None:
             if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
                 raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs} must be a whole number >= 1 (or null)")
             return self.n_jobs
-        workers = self.config.hydra.launcher.get("n_jobs")
+        launcher = self.config.hydra.launcher
+        workers = launcher.get("n_jobs", launcher.get("array_parallelism"))
         if workers is None:
             return 1
         return max(1, (os.cpu_count() or 1) + 1 + workers) if workers < 0 else workers  # joblib's meaning
