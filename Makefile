@@ -1,4 +1,4 @@
-# make install | data | train | test | test-quick | lint | bench | tensorboard | clean
+# make install | data | train | test | test-quick | cluster-test | lint | bench | tensorboard | clean
 # `make train` and `make test` set up what they need on first use: a virtual environment in .venv (or the
 # one that is active), torch's CPU build where there is no GPU, and this package with its test tools.
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
@@ -10,7 +10,7 @@ TB_PORT ?= 6006
 LOGDIR ?= logs
 INSTALLED := $(VENV)/.litlab-installed
 
-.PHONY: install data train test test-quick lint format tensorboard bench clean
+.PHONY: install data train test test-quick cluster-test lint format tensorboard bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ test: $(INSTALLED)
 # The inner loop: everything but the end-to-end runs marked slow.
 test-quick: $(INSTALLED)
 	$(PYTHON) -m pytest -m "not slow"
+
+# SLURM (a two-node cluster on this host: apt-get install slurm-wlm munge; as root) and multi-node DDP
+# through srun and torchrun; also part of `make test`, which skips the SLURM ones where it cannot start.
+cluster-test: $(INSTALLED)
+	$(PYTHON) -m pytest -m cluster -v
 
 lint: $(INSTALLED)
 	$(PYTHON) -m ruff check .

@@ -26,6 +26,7 @@ from tests.conftest import ROOT, run_train
 from tests.test_train import events, hparams_session
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # daemons and runuser live there
 
 
 def test_the_one_place_that_reaches_inside_optuna_still_finds_what_it_reads(tmp_path):
@@ -262,7 +263,7 @@ def test_two_processes_share_one_study_in_a_journal_file(tmp_path):
 
 
 def postgres_bin(name: str) -> str | None:
-    found = shutil.which(name)
+    found = shutil.which(name, path=SYSTEM_PATH)
     versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
     return found or (str(versions[-1]) if versions else None)
 
@@ -278,9 +279,10 @@ def postgres(tmp_path_factory):
     data = home / "data"
     as_user: list[str] = []
     if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        if not shutil.which("runuser"):
+        runuser = shutil.which("runuser", path=SYSTEM_PATH)
+        if not runuser:
             pytest.skip("running as root without runuser: PostgreSQL cannot start")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = [runuser, "-u", "postgres", "--"]
         shutil.chown(home, "postgres")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

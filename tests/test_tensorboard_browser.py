@@ -84,7 +84,7 @@ def listening(url: str) -> bool:
         return False
 
 
-def seen(driver, selector: str, until, timeout_s: float = 30) -> list[str]:
+def seen(driver, selector: str, until, timeout_s: float = 60) -> list[str]:
     """The text of every element matching selector, once `until(texts)` holds (the dashboards load lazily)."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -7,6 +7,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -18,6 +19,8 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 # ModelCheckpoint(save_on_train_epoch_end) on an epoch without validation, where val/loss is not yet
 # logged; optimized_metric is checked up front (train.py), so the warning says nothing about the run.
 warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+# Lightning suggests srun wherever SLURM is installed, also to ranks that torchrun started.
+warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used")
 # Lightning advertises a cloud logger at every start, and lists the accelerators it did not use (train.py's
 # own first line says where the run trains).
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
@@ -42,6 +45,26 @@ def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
             "(<run dir>/checkpoints/<name>.ckpt)"
         )
     return run_dir, ckpt
+
+
+def run_name() -> str:
+    """A new run's directory name: <date_time_microseconds>-<pid>. For one of several ranks that a launcher
+    started together (srun, torchrun: every rank runs train.py), a name all ranks derive alike, so that they
+    share one run directory, which rank 0 writes: slurm-<job id>.<step id>, torchrun-<its --rdzv-id>."""
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+        run_id = os.environ["TORCHELASTIC_RUN_ID"]
+        if run_id in ("", "none"):
+            raise ConfigError(
+                "torchrun starts every node's ranks apart, and each would write a run directory of its own: "
+                "give all nodes the same --rdzv-id=<name>, or the same hydra.run.dir=<dir>"
+            )
+        return f"torchrun-{run_id}"
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}-{os.getpid()}"
+
+
+OmegaConf.register_new_resolver("litlab.run_name", run_name, replace=True, use_cache=True)
 
 
 def run_dir_of(resume: str | None, new_dir: str) -> str:

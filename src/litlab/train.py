@@ -2,6 +2,7 @@
 
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -131,7 +132,8 @@ def finish(
             logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
             logger.finalize("success" if status in ("ok", "pruned") else "failed")
     error = str(stopped or "").removeprefix("error: ")
-    write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+    if trainer.is_global_zero:  # ranks that srun or torchrun started share the run directory
+        write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
     return status
 
 
@@ -222,10 +224,24 @@ def train(cfg: DictConfig) -> float:
     """Fit the configured model; return the final value of cfg.optimized_metric."""
     started = time.time()
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
+    resume_ckpt = resume_ckpt or requeued(cfg)
     check_config(cfg)
     # Rank 0 writes the run, holding its directory: a second process that would write it is refused.
     with hold(Path(cfg.paths.output_dir)) if rank_zero_only.rank == 0 else nullcontext():
         return fit_run(cfg, resume_ckpt, started)
+
+
+def requeued(cfg: DictConfig) -> Path | None:
+    """The checkpoint to continue from in a job that SLURM requeued (preempted, `scontrol requeue`,
+    submitit's requeue before the time limit): the same job, with the same config, starts again in its own
+    directory, where its first start saved checkpoints/last.ckpt when SLURM's SIGTERM stopped it
+    (SLURM_RESTART_COUNT counts the restarts). None elsewhere."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    if restarts == 0 or not last.is_file():
+        return None
+    log.info(f"SLURM requeued this job (restart {restarts}): resuming from {last}")
+    return last
 
 
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
@@ -262,7 +278,8 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     except (ValueError, MisconfigurationException) as e:  # Lightning's own refusal of a combination
         raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
     out_dir = Path(cfg.paths.output_dir)
-    OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    if trainer.is_global_zero:
+        OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     how = fast.describe() if fast is not None else "stepping=lightning"
     if takes(cfg, "optimizer"):
         optimizer = f"optimizer={optimizer_name(cfg)} lr={cfg.optimizer.lr}"
