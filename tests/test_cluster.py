@@ -267,15 +267,44 @@ def test_ddp_over_two_nodes_started_by_srun(tmp_path, slurm):
     check_two_nodes(run_dirs, one_process(tmp_path))
 
 
+def test_ddp_over_two_nodes_as_a_job_of_a_slurm_sweep(tmp_path, slurm):
+    env = {**slurm.env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    args = ["-m", *ON_THIS_CLUSTER, f"hydra.sweep.dir={tmp_path}/sweep", *EVEN_SPLIT, *TWO_NODES]
+    proc = subprocess.run(
+        train_command(tmp_path, *args), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    check_two_nodes(
+        [d for d in (tmp_path / "sweep").iterdir() if d.name.startswith("0_")], one_process(tmp_path)
+    )
+
+
+def torchrun(port: int) -> list[str]:
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node=1"]
+    return command + ["--master-addr=127.0.0.1", f"--master-port={port}"]
+
+
+def test_ranks_that_torchrun_starts_without_a_run_id_are_refused_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    command = [*torchrun(free_port()), "--nnodes=1", "--nproc-per-node=2"]
+    script = train_command(tmp_path, "trainer=cpu", "trainer.devices=2", "trainer.strategy=ddp")[1:]
+    proc = subprocess.run(
+        [*command, *script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    refusals = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert refusals and all("give torchrun --rdzv-id=<name>" in line for line in refusals), proc.stderr[
+        -1500:
+    ]
+    assert not (tmp_path / "logs").exists()
+
+
 def test_ddp_over_two_nodes_started_by_torchrun(tmp_path):
-    port = free_port()
-    torchrun = [str(Path(sys.executable).with_name("torchrun")), "--nnodes=2", "--nproc-per-node=1"]
-    torchrun += ["--master-addr=127.0.0.1", f"--master-port={port}", "--rdzv-id=two-nodes"]
+    command = [*torchrun(free_port()), "--nnodes=2", "--rdzv-id=two-nodes"]
     script = train_command(tmp_path, *EVEN_SPLIT, *TWO_NODES)[1:]  # torchrun runs the script itself
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     nodes = [
         subprocess.Popen(
-            [*torchrun, f"--node-rank={rank}", *script],
+            [*command, f"--node-rank={rank}", *script],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,

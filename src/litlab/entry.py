@@ -57,8 +57,8 @@ def run_name() -> str:
         run_id = os.environ["TORCHELASTIC_RUN_ID"]
         if run_id in ("", "none"):
             raise ConfigError(
-                "torchrun starts every node's ranks apart, and each would write a run directory of its own: "
-                "give all nodes the same --rdzv-id=<name>, or the same hydra.run.dir=<dir>"
+                "each rank that torchrun starts composes its own config and would write a run directory of "
+                "its own: give torchrun --rdzv-id=<name> (the same on every node), or hydra.run.dir=<dir>"
             )
         return f"torchrun-{run_id}"
     return f"{datetime.now():%Y-%m-%d_%H-%M-%S_%f}-{os.getpid()}"
