@@ -207,6 +207,19 @@ def test_failed_and_pruned_trials(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_search_stops_claiming_past_max_failure_rate(tmp_path):
+    # optimizer.lr=-1 on the command line wins over the searched lr: every trial fails its config check
+    args = search_args(
+        tmp_path, "optimizer.lr=-1", "hydra.sweeper.n_trials=4", "hydra.sweeper.max_failure_rate=0.5"
+    )
+    proc = run_train(tmp_path, *args)
+    assert "more than 50% of the trials failed" in proc.stdout + proc.stderr
+    trials = trials_of(f"sqlite:///{tmp_path}/sweep/optuna.db")
+    assert [t.state for t in trials] == [TrialState.FAIL] + [TrialState.WAITING] * 3  # the rest not run
+    assert trials[0].user_attrs["status"] == "failed" and "optimizer.lr=-1" in trials[0].user_attrs["error"]
+
+
+@pytest.mark.slow
 def test_two_trials_run_at_once_on_two_cores(tmp_path):
     args = search_args(
         tmp_path,
