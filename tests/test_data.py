@@ -1,5 +1,7 @@
 """The embedded and generated datasets: values, shapes, splits, normalisation."""
 
+import os
+
 import pytest
 import torch
 
@@ -79,3 +81,68 @@ def test_ddp_ranks_get_equal_disjoint_shards():
     shards = [TensorBatches(x, x, 100, None, 0, rank=r, world_size=2) for r in (0, 1)]
     rows = [torch.cat([b for b, _ in s]).squeeze(1).tolist() for s in shards]
     assert len(rows[0]) == len(rows[1]) == 5 and not set(rows[0]) & set(rows[1])
+
+
+WINE_HEADER = (
+    '"fixed acidity";"volatile acidity";"citric acid";"residual sugar";"chlorides";"free sulfur dioxide";'
+    '"total sulfur dioxide";"density";"pH";"sulphates";"alcohol";"quality"'
+)
+WINE_ROW = "7;0.27;0.36;20.7;0.045;45;170;1.001;3;0.45;8.8;6"
+
+
+@pytest.mark.parametrize(
+    "cell, why",
+    [
+        ("nan", "'nan' is not a finite number"),
+        ("inf", "'inf' is not a finite"),
+        ("1e308", "'1e308' is not a"),
+    ],
+)
+def test_a_csv_cell_that_float32_cannot_hold_is_one_line(tmp_path, cell, why):
+    from litlab.data.wine import read_wine
+
+    path = tmp_path / "wine.csv"
+    path.write_text("\n".join([WINE_HEADER, WINE_ROW, cell + WINE_ROW[1:], WINE_ROW]))
+    with pytest.raises(ConfigError, match=rf"wine.csv, line 3, column 'fixed acidity': {why}.*fill or drop"):
+        read_wine(path)
+
+
+def test_utf8_with_a_bom_and_blank_trailing_lines_reads_and_other_encodings_are_one_line(tmp_path):
+    from litlab.data.text import read_book
+    from litlab.data.wine import read_wine
+
+    path = tmp_path / "wine.csv"
+    path.write_text("\ufeff" + "\n".join([WINE_HEADER, WINE_ROW, WINE_ROW]) + "\n\n\n", encoding="utf-8")
+    features, quality = read_wine(path)
+    assert features.shape == (2, 11) and quality.tolist() == [6.0, 6.0]
+    path.write_bytes("\n".join([WINE_HEADER.replace("alcohol", "alcoh\u00f6l"), WINE_ROW]).encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 0xf6 at offset \d+\): convert it"):
+        read_wine(path)
+    book = tmp_path / "book.txt"
+    book.write_bytes(bytes(range(128, 256)) * 8)
+    with pytest.raises(ConfigError, match="is not UTF-8 text"):
+        read_book(book)
+
+
+def test_a_directory_or_fifo_as_the_data_file_is_named_so(tmp_path):
+    from litlab.data.files import require
+
+    with pytest.raises(ConfigError, match="is a directory: point data.path= at the wine file itself"):
+        require(tmp_path, "wine")
+    fifo = tmp_path / "fifo.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"is not a regular file \(a FIFO"):
+        require(fifo, "wine")
+
+
+@pytest.mark.parametrize(
+    "val_fraction, message",
+    [
+        (0.99, r"of its 11 rows, 0 are left for training .* a fit needs at least 2"),
+        (0.05, r"data.val_fraction=0.05 of 11 rows holds out 1: its metrics need at least 2 rows"),
+    ],
+)
+def test_splits_too_small_to_fit_or_measure_are_refused_before_training(val_fraction, message):
+    data = TemperatureData(val_fraction=val_fraction)
+    with pytest.raises(ConfigError, match=message):
+        data.setup("fit")

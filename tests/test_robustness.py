@@ -1,6 +1,7 @@
 """As a user: bad input gets one line, divergence is caught, runs are reproducible, a stop loses nothing."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,9 +12,10 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import open_dict
 
 from litlab.train import train
-from tests.conftest import ROOT, run_dirs
+from tests.conftest import ROOT, compose_train, run_dirs
 from tests.test_train import events, hparams_session
 
 
@@ -176,3 +178,18 @@ def test_another_seed_gives_another_split_and_initialisation(cfg_factory):
     assert split_and_init(5) == split_and_init(5)
     (val_a, w_a), (val_b, w_b) = split_and_init(5), split_and_init(6)
     assert val_a != val_b and w_a != w_b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["64-true", "16-true", "bf16-true"])
+def test_true_precisions_train_with_every_callback_and_fast_stepping(tmp_path, precision):
+    # The inputs reach the network in its dtype: Lightning's batches, the fast steps' minibatches and the
+    # pictures' and the gap's own forward passes all go through the precision plugin's convert_input.
+    cfg = compose_train(tmp_path, "experiment=book_temperature", f"trainer.precision={precision}")
+    with open_dict(cfg):
+        cfg.trainer.max_epochs = 5000 if precision == "64-true" else 500
+    loss = train(cfg)
+    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["status"] == "ok" and math.isfinite(loss)
+    if precision == "64-true":  # the book's fit in float64 ends at the book's loss
+        assert loss == pytest.approx(2.927647, abs=1e-6)

@@ -214,6 +214,7 @@ class OptimumGap(L.Callback):
         if writer is None:
             return
         with torch.no_grad():  # the gap before the first step; it also carries the tags' descriptions
+            x, y = trainer.precision_plugin.convert_input((x, y))  # as Lightning converts a batch
             start = float(pl_module.loss(pl_module(x), y))
         step = trainer.global_step
         add_described_scalar(writer, "train/optimum_loss", self.optimum, step, f"Loss of {how}.")
@@ -457,10 +458,12 @@ class FitPictures(L.Callback):
             xs = torch.cat([x for x, _ in points.values()])
             self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
             self.line_frames = LineFrames(points, self.grid, pl_module.hparams.out_features, self.size)
-        fitted = pl_module((self.grid.to(pl_module.device) - shift) / scale)
+        fitted = pl_module(
+            trainer.precision_plugin.convert_input((self.grid.to(pl_module.device) - shift) / scale)
+        )
         loss = trainer.callback_metrics.get("train/loss", float("nan"))
         title = f"epoch {self.epochs}: train/loss {float(loss):.4g}"
-        return self.line_frames.frame(fitted.cpu(), title)
+        return self.line_frames.frame(fitted.float().cpu(), title)
 
     @torch.no_grad()
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -471,7 +474,7 @@ class FitPictures(L.Callback):
             return
         splits = trainer.datamodule.splits
         x, y = splits.get("val", splits["train"])
-        pred = pl_module.predictions(pl_module(x)).cpu()
+        pred = pl_module.predictions(pl_module(trainer.precision_plugin.convert_input(x))).float().cpu()
         y, task = y.cpu(), pl_module.hparams.task
         if task == "regression":
             pictures = regression_pictures(y, pred, self.size)

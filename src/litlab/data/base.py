@@ -213,12 +213,29 @@ class TensorDataModule(L.LightningDataModule):
     def split_indices(self, n: int) -> dict[str, Tensor]:
         """Row indices of each split: a seeded shuffle, or consecutive blocks train | val | test."""
         n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
+        self.check_sizes(n, {"train": n - n_val - n_test, "val": n_val, "test": n_test})
         if self.contiguous:
             n_train = n - n_val - n_test
             order = torch.arange(n)
             return {"train": order[:n_train], "val": order[n_train : n - n_test], "test": order[n - n_test :]}
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         return {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
+
+    def check_sizes(self, n: int, sizes: dict[str, int]) -> None:
+        """Every split in use holds at least 2 rows (a fit, a standardisation, r2: one row is not enough)."""
+        if sizes["train"] < 2:
+            raise ConfigError(
+                f"data={self.name}: of its {n} rows, {sizes['train']} are left for training (data.val_fraction="
+                f"{self.val_fraction}, data.test_fraction={self.test_fraction}): a fit needs at least 2; use "
+                "more rows or a smaller data.val_fraction"
+            )
+        for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
+            if fraction > 0 and sizes[split] < 2:
+                raise ConfigError(
+                    f"data.{split}_fraction={fraction} of {n} rows holds out {sizes[split]}: its metrics need "
+                    f"at least 2 rows; use more rows, a larger data.{split}_fraction, or "
+                    f"data.{split}_fraction=0 for none"
+                )
 
     def input_normalisation(self, x_train: Tensor) -> tuple[Tensor, Tensor]:
         """(shift, scale) so that (x - shift) / scale is the model input; train-split statistics only."""

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import http.client
+import math
 import os
 import tempfile
 import urllib.request
@@ -11,6 +12,7 @@ from pathlib import Path
 from litlab.errors import ConfigError
 
 # The book's repository keeps exact copies of every file (see data/README.md); LITLAB_DATA_URL overrides.
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max: the data's dtype
 BASE_URL = "https://raw.githubusercontent.com/deep-learning-with-pytorch/dlwpt-code/master/data/p1ch4/"
 SHA256 = {
     "tabular-wine/winequality-white.csv": "76c3f809815c17c07212622f776311faeb31e87610d52c26d87d6e361b169836",
@@ -33,6 +35,9 @@ FILES = {
 def require(path: str | Path, dataset: str) -> Path:
     """The path of an existing, non-empty data file; otherwise one line saying how to fetch it."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, a device?)"
+        raise ConfigError(f"data file {path} is {kind}: point data.path= at the {dataset} file itself")
     if not path.is_file():
         raise ConfigError(
             f"data file {path} not found: fetch it with `make data` (or `python scripts/download.py "
@@ -46,32 +51,54 @@ def require(path: str | Path, dataset: str) -> Path:
 
 
 def read_table(path: Path, columns: list[str], delimiter: str = ",") -> list[list[float]]:
-    """Rows of the named columns as floats; a missing column or a non-numeric cell is one ConfigError line."""
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None) or []
-        missing = [c for c in columns if c not in header]
-        if missing:
-            raise ConfigError(f"{path}: no column {', '.join(map(repr, missing))} in its header {header}")
-        where = [header.index(c) for c in columns]
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                rows.append([float(row[i]) for i in where])
-            except (ValueError, IndexError):
-                bad = next(c for c, i in zip(columns, where, strict=True) if not is_number(row, i))
-                raise ConfigError(f"{path}, line {line}, column {bad!r}: not a number in {row}") from None
+    """Rows of the named columns as floats (UTF-8, with or without a BOM; blank lines skipped); a missing
+    column, a cell that is not a finite float32 number, or a file that is not UTF-8 text is one ConfigError
+    line."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            return table_rows(path, csv.reader(f, delimiter=delimiter), columns)
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
+
+
+def not_utf8(path: Path, e: UnicodeDecodeError) -> ConfigError:
+    return ConfigError(
+        f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): convert it, e.g. "
+        f"`iconv -f latin1 -t utf-8`, or fetch it again"
+    )
+
+
+def table_rows(path: Path, reader, columns: list[str]) -> list[list[float]]:
+    header = next(reader, None) or []
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ConfigError(f"{path}: no column {', '.join(map(repr, missing))} in its header {header}")
+    where = [header.index(c) for c in columns]
+    rows = []
+    for line, row in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        values = [number(row, i) for i in where]
+        bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
+        if bad is not None:
+            cell = row[where[columns.index(bad)]] if where[columns.index(bad)] < len(row) else "(missing)"
+            raise ConfigError(
+                f"{path}, line {line}, column {bad!r}: {cell!r} is not a finite number that float32 holds "
+                "(|x| < 3.4e38); fill or drop that row"
+            )
+        rows.append(values)
     if not rows:
         raise ConfigError(f"{path} has a header but no rows")
     return rows
 
 
-def is_number(row: list[str], i: int) -> bool:
+def number(row: list[str], i: int) -> float | None:
+    """The cell as a float that float32 holds finitely, else None (missing, text, nan, inf, 1e308)."""
     try:
-        float(row[i])
+        value = float(row[i])
     except (ValueError, IndexError):
-        return False
-    return True
+        return None
+    return value if math.isfinite(value) and abs(value) < FLOAT32_MAX else None
 
 
 def sha256(path: Path) -> str:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from litlab.data.base import TensorDataModule
-from litlab.data.files import require
+from litlab.data.files import not_utf8, require
 from litlab.errors import ConfigError
 
 START = re.compile(r"\*\*\* ?START OF (THIS|THE) PROJECT GUTENBERG EBOOK[^\n]*\n")
@@ -23,7 +23,10 @@ UNKNOWN = "<unk>"
 def read_book(path: str | Path) -> str:
     """The novel between the Gutenberg header and licence footer; a missing marker means a truncated file."""
     path = require(path, "text")
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise not_utf8(path, e) from None
     start, end = START.search(text), END.search(text)
     if start is None or end is None or end.start() < start.end():
         raise ConfigError(
