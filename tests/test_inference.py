@@ -172,3 +172,64 @@ def test_csv_rows_of_numbers_are_never_taken_for_a_header(tmp_path):
     assert read_csv(path).shape == (2, 2)
     path.write_text("t_u\n81.9\n")
     assert list(read_csv(path).columns) == ["t_u"] and len(read_csv(path)) == 1
+    path.write_text("nan,1.0\n2.0,3.0\n")  # nan is a number, not a name: refused as an input, never dropped
+    with pytest.raises(ConfigError, match=r"x.csv, line 1, column 1: 'nan' is not a finite number"):
+        read_csv(path)
+    path.write_text("t_u\n")
+    with pytest.raises(ConfigError, match="has a header but no rows"):
+        read_csv(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match="is empty: one row of numbers per input"):
+        read_csv(path)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda b: b"", "is empty: truncated or damaged"),
+        (lambda b: b[: len(b) // 3], r"is not a readable checkpoint \(PytorchStreamReader failed"),
+        (lambda b: bytes(range(256)) * 8, "is not a readable checkpoint"),
+    ],
+)
+def test_an_empty_truncated_or_corrupted_checkpoint_is_one_line(temperature_run, tmp_path, damage, message):
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.write_bytes(damage(ckpt.read_bytes()))
+    with pytest.raises(ConfigError, match=message):
+        evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}"))
+    with pytest.raises(ConfigError, match=message):
+        train(compose_train(tmp_path, f"resume={run}"))
+
+
+def test_a_config_yaml_that_is_not_yaml_is_one_line(temperature_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    (run / "config.yaml").write_text("data: [unclosed\n  x: : :\n")
+    with pytest.raises(ConfigError, match=r"config.yaml is not valid YAML at line 2 .*restore it"):
+        evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}"))
+
+
+@pytest.mark.slow
+def test_resume_with_max_epochs_below_what_was_trained_is_one_line_in_data_epochs(temperature_run, tmp_path):
+    # the book fit runs stepping=fast: 250 data epochs a Lightning epoch, so Lightning's own count is 20
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    proc = run_train(tmp_path, f"resume={run}", "trainer.max_epochs=3000", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1] == (
+        f"error: {run / 'checkpoints' / 'last.ckpt'} has trained 5000 epochs, and trainer.max_epochs=3000 "
+        "ends before that: max_epochs counts the run's epochs in all, so give 5000 or more"
+    )
+
+
+def test_an_optimizer_setting_edited_in_config_yaml_is_refused_on_resume(temperature_run, tmp_path):
+    # Lightning would restore the optimizer with lr 0.01 while config.yaml and HParams said 0.1
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    saved = OmegaConf.load(run / "config.yaml")
+    saved.optimizer.lr = 0.1
+    OmegaConf.save(saved, run / "config.yaml")
+    with pytest.raises(
+        ConfigError, match=r"trained with optimizer.lr=0.01, but the run's config.yaml says 0.1"
+    ):
+        train(compose_train(tmp_path, f"resume={run}"))

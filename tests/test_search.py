@@ -159,9 +159,10 @@ def test_a_killed_search_resumes_to_n_trials_without_repeating_a_trial(tmp_path)
     run_train(tmp_path, *args)  # the same command
     after = trials_of(db)
     assert len(after) == 5 and all(t.state.is_finished() for t in after)
-    assert sum(t.state == TrialState.COMPLETE for t in after) >= 3
-    interrupted = [t for t in after if t.user_attrs.get("error") == "interrupted: its process ended"]
+    interrupted = [t.number for t in after if t.user_attrs.get("error") == "interrupted: its process ended"]
     assert len(interrupted) == sum(t.state == TrialState.RUNNING for t in before) == 1
+    # every trial ran to its end after the resume (a large lr may diverge: FAIL, status diverged)
+    assert all(t.user_attrs.get("status") in ("ok", "diverged") for t in after if t.number not in interrupted)
     done_before = {t.number for t in before if t.state.is_finished()}
     first, then = (
         [tuple(sorted(t.params.items())) for t in after if (t.number in done_before) == was]

@@ -2,13 +2,17 @@
 
 import fcntl
 import logging
+import math
 import os
+import pickle
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import lightning as L
 import torch
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_object
 from lightning.pytorch.callbacks import Callback
@@ -27,13 +31,60 @@ SHAPE_KEYS = ("task", "in_features", "out_features")
 
 
 def load(ckpt: Path) -> dict:
-    """A checkpoint's plain values: weights, optimizer and loop state, hparams, normalisation statistics."""
-    return torch.load(ckpt, map_location="cpu", weights_only=True)
+    """A checkpoint's plain values: weights, optimizer and loop state, hparams, normalisation statistics; an
+    empty, truncated or corrupted file is one line."""
+    if ckpt.stat().st_size == 0:
+        raise ConfigError(f"{ckpt} is empty: {OTHER_CHECKPOINT}")
+    try:
+        values = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
+        raise ConfigError(f"{ckpt} is not a readable checkpoint ({why}): {OTHER_CHECKPOINT}") from e
+    if not isinstance(values, dict) or "state_dict" not in values:
+        raise ConfigError(f"{ckpt} is not a Lightning checkpoint (no state_dict): {OTHER_CHECKPOINT}")
+    return values
+
+
+OTHER_CHECKPOINT = (
+    "truncated or damaged? use another checkpoint of the run (checkpoints/best.ckpt) or train again"
+)
+
+
+def epochs_done(values: dict) -> int:
+    """The data epochs a checkpoint has trained: Lightning's epochs, but under fast stepping on full-batch
+    data one Lightning epoch holds many data epochs, one optimizer step each."""
+    fast = values.get("callbacks", {}).get(FastSteps.__qualname__) or {}
+    return int(values["global_step"]) if fast.get("epochs_per_step") else int(values.get("epoch", 0))
+
+
+def check_epochs(values: dict, ckpt: Path, max_epochs: int) -> None:
+    """A resume continues to trainer.max_epochs in all: refuse one that would end before where it starts."""
+    done = epochs_done(values)
+    if max_epochs < done:
+        raise ConfigError(
+            f"{ckpt} has trained {done} epochs, and trainer.max_epochs={max_epochs} ends before that: "
+            f"max_epochs counts the run's epochs in all, so give {done} or more"
+        )
 
 
 def command_overrides() -> list[str]:
     """The key=value overrides typed on this command line (none when called outside Hydra, as in tests)."""
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def load_config(path: Path) -> DictConfig:
+    """A run's config.yaml; one that is not YAML of a mapping is one line."""
+    try:
+        saved = OmegaConf.load(path)
+    except yaml.YAMLError as e:
+        where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
+        raise ConfigError(
+            f"{path} is not valid YAML{where} ({getattr(e, 'problem', None) or type(e).__name__}): restore "
+            "it (its unresolved original is .hydra/config.yaml beside it) or train the run again"
+        ) from None
+    if not isinstance(saved, DictConfig):
+        raise ConfigError(f"{path} is not a run's config (a mapping of settings): restore it or train again")
+    return saved
 
 
 def saved_config(
@@ -43,7 +94,7 @@ def saved_config(
 
     A run is rebuilt from what it was trained with: changing its data, model or optimizer on the way
     would quietly evaluate or continue something else, so such an override is an error, not a merge."""
-    saved = relocated(OmegaConf.load(run_dir / "config.yaml"), run_dir)
+    saved = relocated(load_config(run_dir / "config.yaml"), run_dir)
     check_targets(saved, run_dir / "config.yaml")
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
@@ -162,6 +213,34 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
             f"the data gives other normalisation statistics than {ckpt} was trained with "
             f"({saved_stats} vs {data.state_dict()}): has the data file changed?"
         )
+
+
+SCHEDULED = ("lr", "momentum", "betas")  # optimizer settings that a scheduler changes as it runs
+
+
+def check_optimizer(values: dict, ckpt: Path, optimizer: DictConfig | None, scheduled: bool) -> None:
+    """A resume continues the checkpoint's optimizer with its own settings (Lightning restores its state):
+    refuse a run config whose optimizer settings differ from them (config.yaml edited after training)
+    rather than train on with values that the config, and TensorBoard's HParams, would misstate. With a
+    scheduler, the settings schedulers move (lr, momentum, betas: OneCycleLR cycles all three) are not
+    compared."""
+    groups = [s.get("param_groups", []) for s in values.get("optimizer_states", [])]
+    if optimizer is None or len(groups) != 1 or not groups[0]:
+        return
+    group = groups[0][0]
+    for key, value in OmegaConf.to_container(optimizer, resolve=True).items():
+        if key.startswith("_") or key not in group or (scheduled and key in SCHEDULED):
+            continue
+        saved = group[key]
+        same = list(saved) == list(value) if isinstance(saved, list | tuple) else saved == value
+        if not same and not (
+            isinstance(saved, float) and isinstance(value, int | float) and math.isclose(saved, value)
+        ):
+            raise ConfigError(
+                f"{ckpt} trained with optimizer.{key}={saved}, but the run's config.yaml says {value}: a "
+                "resume continues the optimizer as it was; restore config.yaml, or train a new run with the "
+                "new value"
+            )
 
 
 def check_resumable(values: dict, ckpt: Path, fast: FastSteps | None) -> None:

@@ -2,6 +2,7 @@
 
 import inspect
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -98,13 +99,40 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
 
 
 def read_csv(path: Path) -> pd.DataFrame:
-    """A CSV of numbers, with or without a header row."""
+    """A CSV of finite numbers, with or without a header row: a first row is a header where a cell of it is
+    not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names)."""
     if not path.is_file():
         raise ConfigError(f"input_file={path} does not exist")
-    table = pd.read_csv(path, header=None)
-    if pd.to_numeric(table.iloc[0], errors="coerce").isna().any():  # the first row names the columns
-        return pd.read_csv(path)
-    return table
+    try:
+        cells = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"input_file={path} is empty: one row of numbers per input") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"input_file={path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+    header = not all(is_float(c) for c in cells.iloc[0])
+    names = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
+    rows = cells.iloc[1:] if header else cells
+    if rows.empty:
+        raise ConfigError(f"input_file={path} has a header but no rows")
+    table = rows.apply(pd.to_numeric, errors="coerce").astype(float)
+    bad = ~table.map(math.isfinite)
+    if bad.any().any():
+        line, column = next((i, j) for i, j in zip(*bad.to_numpy().nonzero(), strict=True))
+        cell = rows.iat[line, column]
+        raise ConfigError(
+            f"input_file={path}, line {line + 1 + header}, column {column + 1}: {cell!r} is not a finite "
+            "number"
+        )
+    table.columns = names
+    return table.reset_index(drop=True)
+
+
+def is_float(cell: object) -> bool:
+    try:
+        float(str(cell))
+    except ValueError:
+        return False
+    return True
 
 
 def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFrame:

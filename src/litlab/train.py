@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from litlab.callbacks import Pruning
 from litlab.checkpoints import (
     check_compatible,
+    check_epochs,
+    check_optimizer,
     check_resumable,
     command_overrides,
     hold,
@@ -262,6 +264,13 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         model.fast_steps = fast
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
+        check_epochs(saved, resume_ckpt, cfg.trainer.max_epochs)
+        check_optimizer(
+            saved,
+            resume_ckpt,
+            cfg.get("optimizer") if takes(cfg, "optimizer") else None,
+            bool(cfg.get("scheduler")),
+        )
         check_compatible(saved, resume_ckpt, model, data)
         check_resumable(saved, resume_ckpt, fast)
     loggers = [instantiate(c, **logger_kwargs(c, saved)) for c in (cfg.get("logger") or {}).values() if c]

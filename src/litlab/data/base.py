@@ -225,15 +225,15 @@ class TensorDataModule(L.LightningDataModule):
         """Every split in use holds at least 2 rows (a fit, a standardisation, r2: one row is not enough)."""
         if sizes["train"] < 2:
             raise ConfigError(
-                f"data={self.name}: of its {n} rows, {sizes['train']} are left for training (data.val_fraction="
-                f"{self.val_fraction}, data.test_fraction={self.test_fraction}): a fit needs at least 2; use "
-                "more rows or a smaller data.val_fraction"
+                f"data={self.name}: of its {n} rows, {sizes['train']} are left for training "
+                f"(data.val_fraction={self.val_fraction}, data.test_fraction={self.test_fraction}): a fit "
+                "needs at least 2; use more rows or a smaller data.val_fraction"
             )
         for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
             if fraction > 0 and sizes[split] < 2:
                 raise ConfigError(
-                    f"data.{split}_fraction={fraction} of {n} rows holds out {sizes[split]}: its metrics need "
-                    f"at least 2 rows; use more rows, a larger data.{split}_fraction, or "
+                    f"data.{split}_fraction={fraction} of {n} rows holds out {sizes[split]}: its metrics "
+                    f"need at least 2 rows; use more rows, a larger data.{split}_fraction, or "
                     f"data.{split}_fraction=0 for none"
                 )
 
