@@ -80,7 +80,7 @@ def test_missing_and_broken_files_are_one_line_errors(tmp_path):
         "missing.csv": "not found: fetch it with `make data` \\(or `python scripts/download.py wine`\\)",
         "empty.csv": "is empty",
         "renamed.csv": "no column 'alcohol'",
-        "cell.csv": "cell.csv, line 4, column 'alcohol': not a number",
+        "cell.csv": "cell.csv, line 4, column 'alcohol': 'n/a' is not a number; fill or drop that row",
         "header-only.csv": "no rows",
     }
     for name, text in cases.items():

@@ -51,10 +51,12 @@ OTHER_CHECKPOINT = (
 
 
 def epochs_done(values: dict) -> int:
-    """The data epochs a checkpoint has trained: Lightning's epochs, but under fast stepping on full-batch
-    data one Lightning epoch holds many data epochs, one optimizer step each."""
+    """The data epochs a checkpoint has trained: Lightning's epochs, but under fast stepping on small data
+    one Lightning epoch holds epochs_per_step data epochs of group / epochs_per_step optimizer steps each."""
     fast = values.get("callbacks", {}).get(FastSteps.__qualname__) or {}
-    return int(values["global_step"]) if fast.get("epochs_per_step") else int(values.get("epoch", 0))
+    if not fast.get("epochs_per_step"):
+        return int(values.get("epoch", 0))
+    return int(values["global_step"]) // max(1, fast["group"] // fast["epochs_per_step"])
 
 
 def check_epochs(values: dict, ckpt: Path, max_epochs: int) -> None:

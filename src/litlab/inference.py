@@ -15,6 +15,7 @@ from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
 from litlab.checks import check_config
+from litlab.data.files import is_float
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
 from litlab.train import build
@@ -109,7 +110,7 @@ def read_csv(path: Path) -> pd.DataFrame:
         raise ConfigError(f"input_file={path} is empty: one row of numbers per input") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"input_file={path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
-    header = not all(is_float(c) for c in cells.iloc[0])
+    header = not all(is_float(str(c)) for c in cells.iloc[0])
     names = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
     rows = cells.iloc[1:] if header else cells
     if rows.empty:
@@ -125,14 +126,6 @@ def read_csv(path: Path) -> pd.DataFrame:
         )
     table.columns = names
     return table.reset_index(drop=True)
-
-
-def is_float(cell: object) -> bool:
-    try:
-        float(str(cell))
-    except ValueError:
-        return False
-    return True
 
 
 def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFrame:

@@ -81,15 +81,26 @@ def table_rows(path: Path, reader, columns: list[str]) -> list[list[float]]:
         values = [number(row, i) for i in where]
         bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
         if bad is not None:
-            cell = row[where[columns.index(bad)]] if where[columns.index(bad)] < len(row) else "(missing)"
+            i = where[columns.index(bad)]
+            cell = row[i] if i < len(row) else ""
+            what = (
+                "not a finite number that float32 holds (|x| < 3.4e38)" if is_float(cell) else "not a number"
+            )
             raise ConfigError(
-                f"{path}, line {line}, column {bad!r}: {cell!r} is not a finite number that float32 holds "
-                "(|x| < 3.4e38); fill or drop that row"
+                f"{path}, line {line}, column {bad!r}: {cell!r} is {what}; fill or drop that row"
             )
         rows.append(values)
     if not rows:
         raise ConfigError(f"{path} has a header but no rows")
     return rows
+
+
+def is_float(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def number(row: list[str], i: int) -> float | None:
