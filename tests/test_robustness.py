@@ -139,6 +139,29 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
 
 
 @pytest.mark.slow
+def test_sigterm_to_a_parallel_sweeps_main_process_stops_its_workers_in_one_line(tmp_path):
+    # as a scheduler or `kill <pid>` sends it: to the main process only, not to its workers
+    proc = start(tmp_path, "-m", "trainer.max_epochs=100000000", "optimizer=sgd,adam", new_session=True)
+    deadline = time.time() + 120
+    while len(list((tmp_path / "logs").rglob("last.ckpt"))) < 2 and time.time() < deadline:  # both jobs
+        time.sleep(0.2)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 1 and error_lines(err) == [
+        "error: stopped by SIGTERM; each run that had started training keeps its last.ckpt"
+    ], err
+    results = [json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("metrics.json")]
+    assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # each job saved and recorded
+    deadline = time.time() + 15  # the idle workers follow their main process out
+    while left := subprocess.run(
+        ["pgrep", "-g", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split():
+        assert time.time() < deadline, f"workers left running: {left}"  # before: they trained on for minutes
+        time.sleep(0.5)
+
+
+@pytest.mark.slow
 def test_same_command_twice_at_once_gives_two_directories_and_identical_metrics(tmp_path):
     args = ("data=regression", "data.preset=noisy100", "optimizer=adam", "seed=3", "trainer.max_epochs=200")
     first, second = start(tmp_path, *args), start(tmp_path, *args)

@@ -1,10 +1,13 @@
 """What the entry points (train.py, eval.py, predict.py) share: quiet start-up, one line per user error, and
 finding the run that resume= or ckpt_path= names."""
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from datetime import datetime
@@ -86,16 +89,54 @@ def exit_on_user_error(error: Exception) -> None:
     sys.exit(f"error: {cause}")
 
 
+def children() -> list[int]:
+    """This process's child processes (Linux /proc; none elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(stat.parent.name))
+    return found
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """A process's user + system CPU time in clock ticks; None once it has ended."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[11]) + int(fields[12])
+
+
+def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
+    """SIGTERM handler of a parallel sweep's main process: SIGTERM to its workers, each of which stops its run
+    as a single run does (last.ckpt, metrics.json `interrupted`); once they have ended or gone idle (at most
+    grace_s), the sweep ends as a Ctrl-C ends it, in one line. Without it the workers trained on, orphaned."""
+    workers = children()
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline, before = time.monotonic() + grace_s, {pid: cpu_ticks(pid) for pid in workers}
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = {pid: cpu_ticks(pid) for pid in workers}
+        if all(now[pid] is None or now[pid] == before[pid] for pid in workers):
+            break
+        before = now
+    raise KeyboardInterrupt("SIGTERM")
+
+
 def run(main: Callable[[], object]) -> None:
     """Call a @hydra.main function; Hydra's composition errors (unknown option or key, bad override)
     become the same one line as ours. HYDRA_FULL_ERROR is Hydra's documented switch to raise them."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         main()
-    except KeyboardInterrupt:  # here in a parallel sweep's main process; a job stops by itself (SystemExit)
+    except KeyboardInterrupt as e:  # in a parallel sweep's main process; a job stops by itself (SystemExit)
         if FULL_ERROR:
             raise
-        sys.exit("error: stopped by Ctrl-C; each run that had started training keeps its last.ckpt")
+        why = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
+        sys.exit(f"error: stopped by {why}; each run that had started training keeps its last.ckpt")
     except Exception as e:
         if FULL_ERROR or (message := one_line(e)) is None:
             raise

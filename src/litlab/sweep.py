@@ -8,6 +8,7 @@ callback in every single run too, and those imports cost about a second."""
 import json
 import logging
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checks import check_multirun_strategy
+from litlab.entry import stop_workers
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -387,6 +389,8 @@ class SweepSummary(Callback):
             sys.exit(f"error: {e}")
         # Optuna's sqlite storage lives here and is opened before the launcher creates the folder.
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
+        if "Joblib" in str(config.hydra.launcher.get("_target_")):  # jobs in worker processes
+            signal.signal(signal.SIGTERM, stop_workers)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
