@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from litlab.checkpoints import hold, load, saved_config
-from litlab.entry import locate, run_dir_of
+from litlab.checkpoints import load, saved_config
+from litlab.entry import hold, locate, run_dir_of
 from litlab.errors import ConfigError
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
@@ -150,6 +150,20 @@ def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):
     with hold(tmp_path), pytest.raises(ConfigError, match="is being written by another process"):
         hold(tmp_path)
     hold(tmp_path).close()  # free again once the first is done
+
+
+@pytest.mark.slow
+def test_a_resume_of_a_run_being_written_writes_nothing_into_it(tmp_path):
+    train(compose_train(tmp_path, "trainer=cpu", "trainer.max_epochs=20"))
+    run = tmp_path / "run"
+    before = sorted(p.name for p in run.iterdir())
+    with hold(run):  # another process writes the run (its train or resume)
+        proc = run_train(tmp_path, f"resume={run}", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {run} is being written by another process (a run or a resume of it): wait for that to end, "
+        "or resume a copy of the run"
+    ]
+    assert sorted(p.name for p in run.iterdir()) == before  # no .hydra/, no train.log: refused before Hydra
 
 
 @pytest.mark.slow

@@ -1,6 +1,5 @@
 """Use a run again: find its checkpoint and saved config.yaml, check they fit together, resume it."""
 
-import fcntl
 import logging
 import math
 import os
@@ -8,7 +7,6 @@ import pickle
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import lightning as L
 import torch
@@ -172,21 +170,6 @@ def relocated(saved: DictConfig, run_dir: Path) -> DictConfig:
         return node
 
     return OmegaConf.create(move(OmegaConf.to_container(saved)))
-
-
-def hold(run_dir: Path) -> IO:
-    """An exclusive lock on a run directory while this process writes it (keep the returned file open):
-    a second process that would write the same run, such as two resumes at once, is refused in one line."""
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 - held open as the lock
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as e:
-        handle.close()
-        raise ConfigError(
-            f"{run_dir} is being written by another process (a run or a resume of it): wait for that to "
-            "end, or resume a copy of the run"
-        ) from e
-    return handle
 
 
 def describe(hparams: dict) -> str:

@@ -2,6 +2,7 @@
 finding the run that resume= or ckpt_path= names."""
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -12,6 +13,7 @@ import warnings
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import IO
 
 from omegaconf import OmegaConf
 
@@ -70,10 +72,30 @@ def run_name() -> str:
 OmegaConf.register_new_resolver("litlab.run_name", run_name, replace=True, use_cache=True)
 
 
+def hold(run_dir: Path) -> IO:
+    """An exclusive lock on a run directory while this process writes it (keep the returned file open):
+    a second process that would write the same run, such as two resumes at once, is refused in one line."""
+    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 - held open as the lock
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as e:
+        handle.close()
+        raise ConfigError(
+            f"{run_dir} is being written by another process (a run or a resume of it): wait for that to "
+            "end, or resume a copy of the run"
+        ) from e
+    return handle
+
+
 def run_dir_of(resume: str | None, new_dir: str) -> str:
     """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml).
-    A resume= that names no run is refused here, in one line, before Hydra writes anything."""
-    return str(locate(resume)[0]) if resume else new_dir
+    A resume= that names no run, or a run another process is writing, is refused here, in one line, before
+    Hydra writes anything into it (.hydra/, the log); train() then holds the run while it trains."""
+    if not resume:
+        return new_dir
+    run_dir = locate(resume)[0]
+    hold(run_dir).close()
+    return str(run_dir)
 
 
 OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)

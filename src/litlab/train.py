@@ -22,7 +22,6 @@ from litlab.checkpoints import (
     check_optimizer,
     check_resumable,
     command_overrides,
-    hold,
     load,
     logger_kwargs,
     resumed_run,
@@ -30,6 +29,7 @@ from litlab.checkpoints import (
 from litlab.checks import check_config, parameters
 from litlab.cockpit import TensorBoard
 from litlab.data.base import TASKS, TaskMismatch
+from litlab.entry import hold
 from litlab.errors import ConfigError, Diverged, flat, user_error
 from litlab.search import job_trial
 from litlab.stepping import FastSteps, epochs_trained, refuse
