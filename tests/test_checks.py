@@ -6,6 +6,7 @@ import random
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from litlab.checks import check_config, device_count
 from litlab.errors import ConfigError, UserError, one_line, user_error
@@ -170,6 +171,41 @@ def test_random_overrides_train_or_fail_in_one_line(tmp_path):
             overrides.append("trainer.max_epochs=3")
         outcomes.append(trains_or_says_why(tmp_path / str(i), overrides))
     assert 5 <= outcomes.count("trained") < len(outcomes)  # the draw covers both outcomes
+
+
+# The fuzz: for every option of every group, every leaf key of its config with bad values drawn from these
+# (a word, negatives, zero, huge, nan, empty and non-empty lists and mappings, null, an empty string).
+BAD_VALUES = ["fast", "-1", "0", "1e308", "nan", "[]", "{}", "null", "''", "-0.5", "2", "[1,2]"]
+
+
+def leaf_keys(node, prefix: str) -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if not str(key).startswith("_"):
+            keys += leaf_keys(value, f"{prefix}{key}.") if OmegaConf.is_dict(value) else [f"{prefix}{key}"]
+    return keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "group", ["data", "model", "optimizer", "scheduler", "trainer", "stepping", "callbacks"]
+)
+def test_every_key_of_every_group_takes_bad_values_in_one_line_or_passes_the_checks(tmp_path, group):
+    rng = random.Random(group)
+    options = sorted(p.stem for p in (CONF / group).glob("*.yaml") if p.stem not in ("gpu", "mps"))
+    draws = 0
+    for option in options:
+        node = compose_train(tmp_path, f"{group}={option}").get(group)
+        for key in leaf_keys(node, f"{group}.") if node is not None else []:
+            for bad in rng.sample(BAD_VALUES, 2):
+                overrides = [f"{group}={option}", f"{key}={bad}"]
+                try:
+                    check_config(compose_train(tmp_path, *overrides))
+                except Exception as e:
+                    message = one_line(e)
+                    assert message is not None and "\n" not in message, f"{overrides}: {e!r}"
+                draws += 1
+    assert draws > 0
 
 
 def test_a_user_error_is_one_line_through_every_wrapper():

@@ -198,6 +198,10 @@ def check_top_level(cfg: DictConfig) -> None:
 
 
 def check_optimizer(opt: DictConfig) -> None:
+    for key in ("lr", "weight_decay", "momentum"):  # a list or mapping: check_arguments may let it through
+        value = opt.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"optimizer.{key}={value} is not a number: try optimizer.{key}=0.01")
     if not opt.lr > 0:
         raise ConfigError(f"optimizer.lr={opt.lr} must be > 0: try optimizer.lr=0.01")
     if opt.get("weight_decay", 0) < 0:
@@ -265,7 +269,7 @@ def device_count(devices: object) -> int | None:
         return 0
     if isinstance(devices, str):
         ids = [d for d in devices.split(",") if d.strip()]
-        if not all(d.strip().isdigit() for d in ids):
+        if not ids or not all(d.strip().isdigit() for d in ids):
             return None
         return int(ids[0]) if len(ids) == 1 else max(int(d) for d in ids) + 1
     if isinstance(devices, ListConfig | list):
