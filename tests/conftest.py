@@ -1,6 +1,7 @@
 """Shared fixtures: compose the real config tree in-process, or run train.py as a user would."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from omegaconf import DictConfig, open_dict
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # daemons (SLURM, munge) and runuser live there
 REAL_DATA = ("wine", "bike", "text")  # conf/data options that read files from paths.data_dir
 # Every composed config (the test_config.py grid too) finds the real files where CI and worktrees keep them.
 os.environ["LITLAB_DATA_DIR"] = str(SHARED_DATA)
@@ -41,15 +43,26 @@ def compose_train(root: Path, *overrides: str) -> DictConfig:
     return cfg
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(root: Path, *args: str, script: str = "train.py") -> list[str]:
+    """`python train.py args` (flags first) with its logs under root."""
+    flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
+    return [sys.executable, str(ROOT / script), *flags, f"paths.root_dir={root}", *overrides]
+
+
 def run_train(
     root: Path, *args: str, script: str = "train.py", check: bool = True
 ) -> subprocess.CompletedProcess:
     """`python train.py args` in a subprocess with its logs under root."""
-    flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("HYDRA_FULL_ERROR", None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *flags, f"paths.root_dir={root}", *overrides],
+        train_command(root, *args, script=script),
         cwd=root,
         env=env,
         capture_output=True,

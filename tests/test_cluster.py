@@ -21,10 +21,9 @@ import pandas as pd
 import pytest
 
 from litlab.train import train
-from tests.conftest import ROOT, compose_train
+from tests.conftest import SYSTEM_PATH, compose_train, free_port, train_command
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # SLURM's and munge's daemons live there
 
 SLURM_CONF = """\
 ClusterName=litlab
@@ -65,12 +64,6 @@ ON_THIS_CLUSTER = [
     "hydra.launcher.mem_gb=1",
     "trainer=cpu",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,11 +124,6 @@ def stop_slurm(home: Path, env: dict) -> None:
             os.kill(int(pid_file.read_text()), signal.SIGTERM)
     time.sleep(0.5)
     shutil.rmtree(home, ignore_errors=True)
-
-
-def train_command(root: Path, *args: str) -> list[str]:
-    flags, overrides = [a for a in args if a.startswith("-")], [a for a in args if not a.startswith("-")]
-    return [sys.executable, str(ROOT / "train.py"), *flags, f"paths.root_dir={root}", *overrides]
 
 
 def queued(env: dict) -> list[str]:

@@ -123,13 +123,19 @@ def test_a_stopped_run_saves_where_it_stopped_and_closes_its_logs(tmp_path):
         )
 
 
-@pytest.mark.slow
-def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
-    proc = start(tmp_path, "-m", "trainer.max_epochs=100000000", "optimizer=sgd,adam", new_session=True)
+def training_parallel_sweep(root) -> subprocess.Popen:
+    """An endless two-job sweep (joblib workers, in a process group of its own), once both jobs train."""
+    proc = start(root, "-m", "trainer.max_epochs=100000000", "optimizer=sgd,adam", new_session=True)
     deadline = time.time() + 120
-    while len(list((tmp_path / "logs").rglob("last.ckpt"))) < 2 and time.time() < deadline:  # both jobs
+    while len(list((root / "logs").rglob("last.ckpt"))) < 2 and time.time() < deadline:  # both jobs
         time.sleep(0.2)
     time.sleep(1.5)
+    return proc
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
+    proc = training_parallel_sweep(tmp_path)
     os.killpg(proc.pid, signal.SIGINT)  # the main process and the joblib workers, as Ctrl-C does
     code, err = finish(proc)
     assert code == 1 and "Traceback" not in err, err
@@ -140,12 +146,8 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_to_a_parallel_sweeps_main_process_stops_its_workers_in_one_line(tmp_path):
+    proc = training_parallel_sweep(tmp_path)
     # as a scheduler or `kill <pid>` sends it: to the main process only, not to its workers
-    proc = start(tmp_path, "-m", "trainer.max_epochs=100000000", "optimizer=sgd,adam", new_session=True)
-    deadline = time.time() + 120
-    while len(list((tmp_path / "logs").rglob("last.ckpt"))) < 2 and time.time() < deadline:  # both jobs
-        time.sleep(0.2)
-    time.sleep(1.5)
     proc.send_signal(signal.SIGTERM)
     code, err = finish(proc)
     assert code == 1 and error_lines(err) == [

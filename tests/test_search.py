@@ -22,11 +22,10 @@ from optuna.trial import TrialState
 
 from litlab import search
 from litlab.errors import ConfigError
-from tests.conftest import ROOT, run_train
+from tests.conftest import SYSTEM_PATH, free_port, run_train, train_command
 from tests.test_train import events, hparams_session
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # daemons and runuser live there
 
 
 def test_the_one_place_that_reaches_inside_optuna_still_finds_what_it_reads(tmp_path):
@@ -136,7 +135,7 @@ def test_a_killed_search_resumes_to_n_trials_without_repeating_a_trial(tmp_path)
     args = search_args(tmp_path, "hydra.sweeper.n_trials=5")
     db = f"sqlite:///{tmp_path}/sweep/optuna.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, str(ROOT / "train.py"), *args, f"paths.root_dir={tmp_path}"]
+    command = train_command(tmp_path, *args)
     proc = subprocess.Popen(
         command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -298,9 +297,7 @@ def postgres(tmp_path_factory):
             pytest.skip("running as root without runuser: PostgreSQL cannot start")
         as_user = [runuser, "-u", "postgres", "--"]
         shutil.chown(home, "postgres")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     setup = subprocess.run(
         [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], capture_output=True
     )
@@ -331,9 +328,7 @@ def test_optuna_dashboard_opens_a_study_as_the_readme_says(tmp_path, kind):
     study, _ = search.open_study(search.storage_of(storage), "shown", "minimize", None, 2)
     for trial in search.claim(study, 2, 2):
         study.tell(trial, 1.0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     command = [str(Path(sys.executable).with_name("optuna-dashboard")), storage, "--port", str(port)]
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -11,8 +11,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import ROOT, run_train
-from tests.test_tensorboard_server import free_port
+from tests.conftest import ROOT, free_port, run_train
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 CHROMEDRIVER = shutil.which("chromedriver")

@@ -2,7 +2,6 @@
 
 import io
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ import pytest
 from PIL import Image
 
 from litlab.train import train
-from tests.conftest import compose_train
+from tests.conftest import compose_train, free_port
 
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, path: str, **query: str) -> bytes:

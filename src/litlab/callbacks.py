@@ -186,7 +186,7 @@ class Pruning(Callback):
     def __init__(self, trial, metric: str):
         super().__init__()
         self.trial, self.metric = trial, metric
-        self.pruned_at: int | None = None  # the data epoch where the pruner stopped the run
+        self.pruned = False  # whether the pruner stopped the run
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not metrics_due(trainer):
@@ -194,9 +194,7 @@ class Pruning(Callback):
         prune = False
         value = trainer.callback_metrics.get(self.metric)
         if trainer.is_global_zero and value is not None and math.isfinite(float(value)):
-            epoch = data_epoch(trainer)
-            self.trial.report(float(value), epoch)
+            self.trial.report(float(value), data_epoch(trainer))
             prune = self.trial.should_prune()
         if trainer.strategy.broadcast(prune):  # rank 0 decides for all
-            self.pruned_at = data_epoch(trainer)
-            trainer.should_stop = True
+            self.pruned = trainer.should_stop = True

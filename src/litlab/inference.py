@@ -2,7 +2,6 @@
 
 import inspect
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
 from litlab.checks import check_config
-from litlab.data.files import is_float
+from litlab.data.files import is_float, not_utf8, number
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
 from litlab.train import build
@@ -109,20 +108,19 @@ def read_csv(path: Path) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise ConfigError(f"input_file={path} is empty: one row of numbers per input") from None
     except UnicodeDecodeError as e:
-        raise ConfigError(f"input_file={path} is not UTF-8 text: {e.reason} at byte {e.start}") from None
+        raise not_utf8(path, e) from None
     header = not all(is_float(str(c)) for c in cells.iloc[0])
     names = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
     rows = cells.iloc[1:] if header else cells
     if rows.empty:
         raise ConfigError(f"input_file={path} has a header but no rows")
-    table = rows.apply(pd.to_numeric, errors="coerce").astype(float)
-    bad = ~table.map(math.isfinite)
-    if bad.any().any():
-        line, column = next((i, j) for i, j in zip(*bad.to_numpy().nonzero(), strict=True))
-        cell = rows.iat[line, column]
+    table = rows.map(number).astype(float)  # None (not a number float32 holds) becomes nan
+    bad_rows, bad_columns = table.isna().to_numpy().nonzero()
+    if len(bad_rows):
+        line, column = bad_rows[0], bad_columns[0]
         raise ConfigError(
-            f"input_file={path}, line {line + 1 + header}, column {column + 1}: {cell!r} is not a finite "
-            "number"
+            f"input_file={path}, line {line + 1 + header}, column {column + 1}: {rows.iat[line, column]!r} "
+            "is not a finite number"
         )
     table.columns = names
     return table.reset_index(drop=True)

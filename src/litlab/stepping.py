@@ -131,9 +131,8 @@ class FastSteps(Callback):
         # training metrics over the step's last data epoch (a group: its every minibatch), when due
         tracked = (n - (n % nb or nb) if self.epochs_per_step else 0) if metrics_due(trainer) else n
         losses, sizes, lrs = [], [], []
-        convert = (
-            trainer.precision_plugin.convert_input
-        )  # 64-true, 16-true, bf16-true: as Lightning's batches
+        # 64-true, 16-true, bf16-true: each minibatch converted as Lightning converts its batches
+        convert = trainer.precision_plugin.convert_input
         for i, (x, y) in enumerate(steps):
             x, y = convert((x, y))
             out = module(x)

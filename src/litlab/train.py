@@ -314,7 +314,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
     if isinstance(stopped, Diverged):
         epochs = stopped.epoch
-    pruned = stopped is None and pruning is not None and pruning.pruned_at is not None
+    pruned = stopped is None and pruning is not None and pruning.pruned
     if pruned:
         log.info(f"pruned after {epochs} epochs: trial {trial.number} is behind the study's others")
     status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)

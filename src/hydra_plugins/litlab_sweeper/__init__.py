@@ -91,8 +91,9 @@ class OptunaSweeper(Sweeper):
                     overrides.append([*fixed, *(f"{k}={v}" for k, v in trial.params.items())])
                 going_on = self.run(study, trials, overrides)
             except BaseException:  # Ctrl-C, a launcher's error: the claimed trials are not running any more
+                states = [t.state for t in study.get_trials(deepcopy=False)]
                 for trial in trials:
-                    if study.get_trials(deepcopy=False)[trial.number].state.name == "RUNNING":
+                    if states[trial.number] == optuna.trial.TrialState.RUNNING:
                         study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
             if not going_on:

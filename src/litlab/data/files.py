@@ -78,7 +78,7 @@ def table_rows(path: Path, reader, columns: list[str]) -> list[list[float]]:
     for line, row in enumerate(reader, start=2):
         if not any(cell.strip() for cell in row):
             continue
-        values = [number(row, i) for i in where]
+        values = [number(row[i]) if i < len(row) else None for i in where]
         bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
         if bad is not None:
             i = where[columns.index(bad)]
@@ -103,11 +103,11 @@ def is_float(cell: str) -> bool:
     return True
 
 
-def number(row: list[str], i: int) -> float | None:
-    """The cell as a float that float32 holds finitely, else None (missing, text, nan, inf, 1e308)."""
+def number(cell: str) -> float | None:
+    """The cell as a float that float32 holds finitely, else None (text, nan, inf, 1e308)."""
     try:
-        value = float(row[i])
-    except (ValueError, IndexError):
+        value = float(cell)
+    except ValueError:
         return None
     return value if math.isfinite(value) and abs(value) < FLOAT32_MAX else None
 
