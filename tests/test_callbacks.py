@@ -4,10 +4,12 @@ import json
 import math
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
-from litlab.callbacks import DivergenceGuard
+from litlab.callbacks import DivergenceGuard, validates_after
 from litlab.errors import Diverged
 from litlab.train import train
 from tests.test_train import events, hparams_session
@@ -73,3 +75,67 @@ def test_without_the_guard_a_non_finite_result_is_still_diverged(cfg_factory):
     error, cfg = diverge(cfg_factory, "callbacks=none", "trainer.max_epochs=20")
     assert error.epoch == 20 and not math.isfinite(error.loss)
     assert json.loads(Path(cfg.paths.output_dir, "metrics.json").read_text())["status"] == "diverged"
+
+
+class Schedule(L.Callback):
+    """Says, after each training batch, whether validates_after expects a validation next; records which
+    batches a validation really followed."""
+
+    def __init__(self):
+        self.expected, self.followed, self.last = [], [], None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.last = (trainer.current_epoch, batch_idx)
+        if validates_after(trainer, batch_idx):
+            self.expected.append(self.last)
+
+    def on_validation_start(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.followed.append(self.last)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"check_val_every_n_epoch": 2},
+        {"val_check_interval": 0.5},
+        {"val_check_interval": 3, "check_val_every_n_epoch": None},
+        {"limit_val_batches": 0},
+    ],
+    ids=["every-2-epochs", "twice-an-epoch", "every-3-batches", "no-validation"],
+)
+def test_validates_after_says_where_lightning_validates(settings):
+    """SafeStop stops only after batches no validation follows: validates_after must agree with
+    Lightning's own schedule, which this fails first to show if an upgrade changes it."""
+    data = TensorDataset(torch.randn(40, 2), torch.randn(40, 1))
+    model = BoringRegression()
+    schedule = Schedule()
+    trainer = L.Trainer(
+        max_epochs=4,
+        callbacks=[schedule],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **settings,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=8))
+    assert schedule.expected == schedule.followed
+    assert bool(schedule.followed) == (settings.get("limit_val_batches") != 0)
+
+
+class BoringRegression(L.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return torch.nn.functional.mse_loss(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)

@@ -1,20 +1,24 @@
 """Resuming: a run killed mid-way and resumed ends as an unbroken run does; the saved config wins."""
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+import torchmetrics as tm
 from omegaconf import OmegaConf
 
-from litlab.checkpoints import load, saved_config
+from litlab.checkpoints import load, metric_states, restore_metric_states, saved_config
 from litlab.entry import hold, locate, run_dir_of
 from litlab.errors import ConfigError
+from litlab.models.task import EpochMean
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_train import events
@@ -107,6 +111,86 @@ def test_run_killed_and_resumed_ends_with_the_weights_of_an_unbroken_run(tmp_pat
     assert [e.value for e in logged] == [e.value for e in expected]
 
 
+def assert_same_run(run, reference) -> None:
+    """Two runs ended with the same weights, optimizer state, step count, logs and final metrics."""
+    resumed, unbroken = (load(d / "checkpoints" / "last.ckpt") for d in (run, reference))
+    assert resumed["global_step"] == unbroken["global_step"]
+    for key, value in unbroken["state_dict"].items():
+        assert torch.equal(resumed["state_dict"][key], value), key
+    adam_resumed, adam_unbroken = (c["optimizer_states"][0]["state"][0] for c in (resumed, unbroken))
+    assert all(torch.equal(adam_resumed[k], adam_unbroken[k]) for k in ("step", "exp_avg", "exp_avg_sq"))
+    logs = [events(d) for d in (run, reference)]
+    for tag in logs[1].Tags()["scalars"]:  # every epoch logged once, with the same values
+        assert [(e.step, e.value) for e in logs[0].Scalars(tag)] == [
+            (e.step, e.value) for e in logs[1].Scalars(tag)
+        ], tag
+    metrics = [json.loads((d / "metrics.json").read_text())["metrics"] for d in (run, reference)]
+    assert metrics[0] == metrics[1]
+
+
+# 32 minibatches an epoch (8 Lightning steps of 4 under stepping=fast), validation every second epoch.
+STOPPABLE = (
+    "data=regression",
+    "data.preset=generated",
+    "data.n=2000",
+    "data.batch_size=50",
+    "optimizer=adam",
+    "trainer=cpu",
+    "trainer.max_epochs=5",
+    "trainer.check_val_every_n_epoch=2",
+    "callbacks.last_checkpoint.every_s=0",
+)
+FAST_GROUPS = ("stepping=fast", "stepping.batches=4", *STOPPABLE)
+FAST_EPOCHS = ("stepping=fast", "stepping.batches=64", *STOPPABLE)  # 2 epochs a Lightning step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args,name,hook,epoch,batch",
+    [
+        (STOPPABLE, "SIGTERM", "on_train_batch_end", 2, 10),  # inside an epoch
+        (STOPPABLE, "SIGINT", "on_train_batch_start", 2, 0),  # as an epoch's first step starts
+        (STOPPABLE, "SIGTERM", "on_train_batch_end", 1, 31),  # after an epoch's last step, before validation
+        (STOPPABLE, "SIGINT", "on_validation_batch_end", 1, 3),  # inside a validation
+        (STOPPABLE, "SIGTERM", "on_train_epoch_end", 2, 0),  # at an epoch's end
+        (FAST_GROUPS, "SIGINT", "on_train_batch_end", 2, 3),  # inside an epoch, between two fast steps
+        (FAST_GROUPS, "SIGTERM", "on_validation_batch_end", 1, 2),
+        (FAST_EPOCHS, "SIGTERM", "on_train_batch_end", 1, 0),  # after a fast step of two whole epochs
+    ],
+    ids=[
+        "mid-epoch",
+        "epoch-start",
+        "last-step",
+        "validation",
+        "epoch-end",
+        "fast",
+        "fast-val",
+        "fast-epochs",
+    ],
+)
+def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_as_an_unbroken_run(
+    tmp_path, args, name, hook, epoch, batch
+):
+    """The signal lands where the test says (tests/signal_at.py); the stopped run says so in one line and
+    the resumed one ends as one that was never stopped: weights, Adam's moments, every logged value."""
+    stop = "+callbacks.stop"
+    where = (f"{stop}._target_=tests.signal_at.SignalAt", f"{stop}.name={name}", f"{stop}.hook={hook}")
+    stopped = run_train(
+        tmp_path, *args, *where, f"{stop}.epoch={epoch}", f"{stop}.batch={batch}", check=False
+    )
+    why = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name]
+    assert stopped.returncode == 1 and stopped.stderr.strip().splitlines()[-1].startswith(
+        f"error: stopped by {why} after "
+    ), stopped.stderr[-2000:]
+    [run] = run_dirs(tmp_path)
+    assert 0 < load(run / "checkpoints" / "last.ckpt")["global_step"] < 160
+    with ThreadPoolExecutor() as pool:  # the resumed run in its process, the unbroken one here, at once
+        resumed = pool.submit(run_train, tmp_path, f"resume={run}")
+        train(compose_train(tmp_path / "unbroken", *args))
+        resumed.result()
+    assert_same_run(run, tmp_path / "unbroken" / "run")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stepping", ["stepping=lightning", "stepping=fast"])
 def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path, stepping):
@@ -143,6 +227,27 @@ def test_a_copied_and_a_moved_run_resume_into_themselves(tmp_path):
         assert load(run / "checkpoints" / "last.ckpt")["global_step"] == 200
         assert events(run).Scalars("train/loss")[-1].step == 199
         assert str(run) in OmegaConf.load(run / "config.yaml").callbacks.last_checkpoint.dirpath
+
+
+def test_metric_states_come_back_with_their_update_count():
+    """restore_metric_states sets torchmetrics' private _update_count: this fails first if an upgrade
+    moves it (compute() would warn of a metric never updated, update_called would say False)."""
+
+    def metrics() -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict(
+            {"mean": EpochMean(), "r2": tm.R2Score(), "auroc": tm.classification.BinaryAUROC()}
+        )
+
+    module, fresh = metrics(), metrics()
+    module["mean"].update(torch.tensor(2.0), 3)
+    module["r2"].update(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 4.0]))
+    module["auroc"].update(torch.tensor([0.2, 0.9, 0.6]), torch.tensor([0, 1, 0]))  # list states
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        restore_metric_states(fresh, metric_states(module))
+        for name, metric in module.items():
+            assert fresh[name].update_count == 1 and fresh[name].update_called, name
+            assert torch.equal(fresh[name].compute(), metric.compute()), name
 
 
 def test_a_run_directory_is_written_by_one_process_at_a_time(tmp_path):

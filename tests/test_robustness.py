@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from litlab.train import train
-from tests.conftest import ROOT, compose_train, run_dirs
+from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_train import events, hparams_session
 
 
@@ -218,3 +219,40 @@ def test_true_precisions_train_with_every_callback_and_fast_stepping(tmp_path, p
     assert result["status"] == "ok" and math.isfinite(loss)
     if precision == "64-true":  # the book's fit in float64 ends at the book's loss
         assert loss == pytest.approx(2.927647, abs=1e-6)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 120 KB filesystem (tmpfs) at tmp_path/disk; skipped where this user cannot mount one."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=120k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_full_disk_keeps_the_last_checkpoint_and_says_so_in_one_line(small_disk, tmp_path):
+    args = ("trainer=cpu", "trainer.max_epochs=100000", "callbacks.last_checkpoint.every_s=0")
+    proc = run_train(small_disk, *args, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    [line] = error_lines(proc.stderr)
+    [run] = run_dirs(small_disk)
+    assert line.startswith(f"error: no space left on the disk of {run} after ")
+    assert line.endswith(
+        f"metrics.json says so; free space (or move the run directory elsewhere), then resume={run}"
+    )
+    result = json.loads((run / "metrics.json").read_text())
+    assert result["status"] == "failed" and result["error"].startswith("no space left on the disk of")
+    kept = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)  # the last good one, whole
+    epochs = kept["global_step"]
+    assert f"last.ckpt holds {epochs} epochs" in line and 0 < epochs < 100000, line
+    moved = tmp_path / "moved"  # where there is space: a run directory goes on wherever it is
+    shutil.copytree(run, moved)
+    run_train(tmp_path, f"resume={moved}", f"trainer.max_epochs={epochs + 50}")
+    assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs + 50
+    assert json.loads((moved / "metrics.json").read_text())["status"] == "ok"

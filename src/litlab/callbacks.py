@@ -1,6 +1,8 @@
 """Callbacks of our own: what Lightning has no built-in for."""
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +80,13 @@ class DivergenceGuard(Callback):
             )
         self.growth_factor = growth_factor
         self.lowest: Tensor | None = None
+
+    def state_dict(self) -> dict:
+        """The lowest loss so far, which a resumed run's growth_factor compares with."""
+        return {"lowest": self.lowest}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.lowest = state_dict.get("lowest")
 
     def bad_epochs(self, losses: Tensor) -> tuple[Tensor, Tensor]:
         """(which epochs diverged, the lowest loss up to each epoch)."""
@@ -174,6 +183,81 @@ class LastCheckpoint(Callback):
             self.save(trainer, pl_module)
         elif trainer.is_global_zero:  # an epoch end that raised half-way (divergence commits at epoch start)
             self.pending.unlink(missing_ok=True)
+
+
+class SafeStop(Callback):
+    """SIGTERM (SLURM's notice, `kill`) and Ctrl-C stop training where its checkpoint resumes exactly: after
+    a training batch that no validation follows, after a validation, or at an epoch's end. Lightning's own
+    handling stops at once, also inside a validation or between an epoch's last batch and its end, and
+    resumes such a state without that validation or epoch end. A second Ctrl-C stops at once.
+
+    At that point this calls Lightning's SIGTERM handler (installed when fit starts), so Lightning's own
+    stop follows: its loops raise where their state is resumable and LastCheckpoint saves it. On several
+    ranks Lightning's handling is left as it is (its handler also signals and synchronises the ranks)."""
+
+    fast_steps_aware = True  # stops between Lightning steps, whatever each holds
+
+    def __init__(self):
+        super().__init__()
+        self.received: str | None = None  # what asked the run to stop: "SIGTERM" or "Ctrl-C"
+        self.replaced: dict[int, object] = {}  # signal -> the handler this one replaced
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            # Ctrl-C only where it would interrupt (not where SIGINT is ignored, as in a background job)
+            ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            signals = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
+            self.replaced = {s: signal.signal(s, self.notice) for s in signals}
+
+    def notice(self, signum: int, frame) -> None:
+        if signum == signal.SIGINT and self.received is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.received = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+
+    def stop_here(self, trainer: L.Trainer) -> None:
+        if self.received is None or not self.replaced:
+            return
+        lightnings = self.replaced[signal.SIGTERM]
+        self.put_back()
+        if not callable(lightnings):  # Lightning had none (it installs one on the main thread)
+            raise SIGTERMException
+        lightnings(signal.SIGTERM, None)
+
+    def put_back(self) -> None:
+        for signum, handler in self.replaced.items():
+            signal.signal(signum, handler)
+        self.replaced = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
+        if not validates_after(trainer, batch_idx):
+            self.stop_here(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.stop_here(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.stop_here(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.put_back()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException):
+        self.put_back()
+
+
+def validates_after(trainer: L.Trainer, batch_idx: int) -> bool:
+    """Whether Lightning validates after this training batch (as its training loop decides, from the
+    Trainer's public settings; True where it cannot tell, e.g. a time-based val_check_interval)."""
+    every = trainer.check_val_every_n_epoch
+    if not trainer.enable_validation or (every is not None and (trainer.current_epoch + 1) % every):
+        return False
+    if trainer.should_stop or trainer.val_check_batch is None:
+        return True
+    if trainer.val_check_batch == math.inf:
+        return batch_idx + 1 >= trainer.num_training_batches
+    i = trainer.fit_loop.total_batch_idx if every is None else batch_idx
+    return (i + 1) % trainer.val_check_batch == 0
 
 
 class Pruning(Callback):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torchmetrics as tm
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, get_object
@@ -35,7 +36,7 @@ def load(ckpt: Path) -> dict:
         raise ConfigError(f"{ckpt} is empty: {OTHER_CHECKPOINT}")
     try:
         values = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except (EOFError, OSError, RuntimeError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         why = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0][:120]
         raise ConfigError(f"{ckpt} is not a readable checkpoint ({why}): {OTHER_CHECKPOINT}") from e
     if not isinstance(values, dict) or "state_dict" not in values:
@@ -49,11 +50,13 @@ OTHER_CHECKPOINT = (
 
 
 def epochs_done(values: dict) -> int:
-    """The data epochs a checkpoint has trained: Lightning's epochs, but under fast stepping on small data
-    one Lightning epoch holds epochs_per_step data epochs of group / epochs_per_step optimizer steps each."""
+    """The data epochs a checkpoint has trained: Lightning's completed epochs (one saved at an epoch's end
+    counts it, ResumeState), but under fast stepping on small data one Lightning epoch holds
+    epochs_per_step data epochs of group / epochs_per_step optimizer steps each."""
     fast = values.get("callbacks", {}).get(FastSteps.__qualname__) or {}
     if not fast.get("epochs_per_step"):
-        return int(values.get("epoch", 0))
+        progress = values.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+        return int(progress["total"]["completed"] if progress else values.get("epoch", 0))
     return int(values["global_step"]) // max(1, fast["group"] // fast["epochs_per_step"])
 
 
@@ -76,6 +79,11 @@ def load_config(path: Path) -> DictConfig:
     """A run's config.yaml; one that is not YAML of a mapping is one line."""
     try:
         saved = OmegaConf.load(path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}): restore it (its "
+            "unresolved original is .hydra/config.yaml beside it) or train the run again"
+        ) from None
     except yaml.YAMLError as e:
         where = f" at line {e.problem_mark.line + 1}" if getattr(e, "problem_mark", None) else ""
         raise ConfigError(
@@ -233,8 +241,8 @@ def check_resumable(values: dict, ckpt: Path, fast: FastSteps | None) -> None:
     checkpoint's loop counters are in its own units (stepping=, trainer.max_epochs and
     trainer.check_val_every_n_epoch set the length of a fast step)."""
     off = {"epochs_per_step": None, "group": None}
-    saved = values.get("callbacks", {}).get(FastSteps.__qualname__, off)
-    built = fast.state_dict() if fast is not None else off
+    saved = {k: values.get("callbacks", {}).get(FastSteps.__qualname__, off)[k] for k in off}
+    built = {k: fast.state_dict()[k] for k in off} if fast is not None else off
     if saved != built:
         raise ConfigError(
             f"{ckpt} ran Lightning steps of {saved['group']} optimizer steps "
@@ -265,14 +273,52 @@ def logger_kwargs(logger_cfg: DictConfig, values: dict | None) -> dict:
     return {"purge_step": values["global_step"]}
 
 
+def metric_states(module: torch.nn.Module) -> dict[str, dict]:
+    """Every torchmetrics Metric of the module (its epoch's sums so far): name -> its states, copied, and
+    how many updates they hold."""
+    return {
+        name: {
+            "states": {
+                k: [t.clone() for t in v] if isinstance(v, list) else v.clone()
+                for k, v in metric.metric_state.items()
+            },
+            "updates": metric.update_count,
+        }
+        for name, metric in module.named_modules()
+        if isinstance(metric, tm.Metric)
+    }
+
+
+def restore_metric_states(module: torch.nn.Module, saved: dict[str, dict]) -> None:
+    """Put saved metric states back (on each metric's device). torchmetrics has no public setter for the
+    update count (compute() warns without it, and update_called reads it): `_update_count` is set here
+    alone, and tests/test_checkpoints.py fails when an upgrade moves it."""
+    for name, values in saved.items():
+        metric = module.get_submodule(name)
+        for key, value in values["states"].items():
+            device = metric.device
+            setattr(
+                metric, key, [t.to(device) for t in value] if isinstance(value, list) else value.to(device)
+            )
+        metric._update_count = values["updates"]
+
+
 class ResumeState(Callback):
-    """Makes every checkpoint a clean place to resume from: torch's random generator states go in, and a
-    checkpoint written at the end of an epoch (last.ckpt) says that epoch is done.
+    """Makes every checkpoint a clean place to resume from: torch's random generator states go in; one
+    written inside an epoch holds the epoch's metric sums so far; and one written at the end of an epoch
+    (last.ckpt) says that epoch is done.
 
     Lightning marks an epoch completed only after its on_train_epoch_end hooks, where last.ckpt is saved;
     resumed from such a checkpoint it replays the epoch's end and counts that epoch twice (one epoch
     short, logging steps shifted by one). The epoch's remaining work is logging and flushing, which
-    LastCheckpoint waits for before the file becomes last.ckpt."""
+    LastCheckpoint waits for before the file becomes last.ckpt.
+
+    Inside an epoch (SIGTERM or Ctrl-C stop a run after a training batch, callbacks.SafeStop) the
+    training split's position is the loader's own state (data.base.TensorBatches), and the epoch's means
+    and metrics are the module's torchmetrics, whose states Lightning does not save: they go in here, so
+    the resumed epoch's logged means cover all its batches. (A module's own `self.log(tensor,
+    on_epoch=True)` sums are Lightning's, not saved: after a mid-epoch resume they cover the batches
+    after it.)"""
 
     def state_dict(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
@@ -298,3 +344,8 @@ class ResumeState(Callback):
             # (also when a finished run is resumed with more trainer.max_epochs).
             batches["current"] = dict.fromkeys(batches["current"], 0)
             batches["is_last_batch"] = False
+        elif total["ready"] > total["completed"] and batches["current"]["processed"]:  # inside an epoch
+            checkpoint["metric_states"] = metric_states(pl_module)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        restore_metric_states(pl_module, checkpoint.get("metric_states", {}))

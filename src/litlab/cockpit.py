@@ -211,7 +211,7 @@ class OptimumGap(L.Callback):
             return
         self.optimum, how = found
         writer = tensorboard_writer(trainer)
-        if writer is None:
+        if writer is None or trainer.global_step > 0:  # a resumed run: its first start logged these
             return
         with torch.no_grad():  # the gap before the first step; it also carries the tags' descriptions
             x, y = trainer.precision_plugin.convert_input((x, y))  # as Lightning converts a batch

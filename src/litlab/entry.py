@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import IO
 
 from omegaconf import OmegaConf
 
-from litlab.errors import ConfigError, one_line, user_error
+from litlab.errors import ConfigError, disk_full, one_line, user_error
 
 # Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -75,7 +76,7 @@ OmegaConf.register_new_resolver("litlab.run_name", run_name, replace=True, use_c
 def hold(run_dir: Path) -> IO:
     """An exclusive lock on a run directory while this process writes it (keep the returned file open):
     a second process that would write the same run, such as two resumes at once, is refused in one line."""
-    handle = open(run_dir / ".lock", "w")  # noqa: SIM115 - held open as the lock
+    handle = open(run_dir / ".lock", "a")  # noqa: SIM115 - held open as the lock; "a": the file stays as it is
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
@@ -148,10 +149,18 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
+def quiet_disk_full(args: threading.ExceptHookArgs) -> None:
+    """Threads' excepthook: a writer thread that found the disk full (TensorBoard's) prints nothing; the main
+    thread meets the same error at its next write and says it in one line."""
+    if disk_full(args.exc_value) is None or FULL_ERROR:
+        threading.__excepthook__(args)
+
+
 def run(main: Callable[[], object]) -> None:
     """Call a @hydra.main function; Hydra's composition errors (unknown option or key, bad override)
     become the same one line as ours. HYDRA_FULL_ERROR is Hydra's documented switch to raise them."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    threading.excepthook = quiet_disk_full
     try:
         main()
     except KeyboardInterrupt as e:  # in a parallel sweep's main process; a job stops by itself (SystemExit)

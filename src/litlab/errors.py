@@ -1,6 +1,7 @@
 """The errors a user sees as a single line: a config or input that cannot work, a run that diverged."""
 
 import difflib
+import errno
 
 from hydra.errors import (
     ConfigCompositionException,
@@ -29,9 +30,29 @@ class Diverged(UserError, RuntimeError):
         self.epoch, self.loss = epoch, loss
 
 
+class DiskFull(UserError, OSError):
+    """No space left (or the disk quota reached) where a run writes."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(error: BaseException | None) -> OSError | None:
+    """The no-space OSError behind an error, if any (TensorBoard's writer thread, torch.save, Hydra, ...)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def user_error(error: BaseException) -> UserError | None:
     """The UserError behind an error, if any: Hydra's instantiate wraps those raised in constructors, and
-    OmegaConf re-raises those raised in our resolvers (conf/hydra's run dir) keeping only the context."""
+    OmegaConf re-raises those raised in our resolvers (conf/hydra's run dir) keeping only the context.
+    A full disk is one too, wherever it stopped a write."""
+    if (full := disk_full(error)) is not None and not isinstance(full, UserError):
+        where = f" of {full.filename}" if full.filename else ""
+        return DiskFull(f"no space left on the disk{where}: free space (df -h shows where), then run again")
     while error is not None and not isinstance(error, UserError):
         context = error.__context__ if isinstance(error, OmegaConfBaseException) else None
         error = error.__cause__ or context

@@ -116,7 +116,12 @@ class FastSteps(Callback):
         return f"stepping=fast ({held} a Lightning step)"
 
     def state_dict(self) -> dict:
-        return {"epochs_per_step": self.epochs_per_step, "group": self.group}
+        """Its step length, and the epoch's loss sum for ReduceLROnPlateau so far (a run stopped inside an
+        epoch)."""
+        return {"epochs_per_step": self.epochs_per_step, "group": self.group, "epoch_loss": self.epoch_loss}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_loss = state_dict.get("epoch_loss", self.epoch_loss).clone()
 
     def training_step(self, module: L.LightningModule, steps, batch_idx: int) -> dict[str, Tensor]:
         """The optimizer steps of one Lightning step (`steps`: the minibatches, src/litlab/data/base.py),
@@ -157,10 +162,8 @@ class FastSteps(Callback):
             epoch_losses, logged_rows = per_epoch(losses, rows, nb), sum(sizes[-(n % nb or nb) :])
         else:  # a group: Lightning averages the groups' means over the epoch
             epoch_losses, logged_rows = ((losses * rows).sum() / rows.sum()).reshape(1), sum(sizes)
-        module.log("train/loss", epoch_losses[-1], on_step=False, on_epoch=True, batch_size=logged_rows)
         epoch_lrs = per_epoch(rows.new_tensor(lrs), rows, nb if self.epochs_per_step else n) if lrs else None
-        if epoch_lrs is not None:  # the mean learning rate of the epoch's optimizer steps
-            module.log("lr", epoch_lrs[-1], on_step=False, on_epoch=True, batch_size=logged_rows)
+        module.log_train_means(epoch_losses[-1], logged_rows, None if epoch_lrs is None else epoch_lrs[-1])
         return {"loss": losses[-1], "losses": losses, "epoch_losses": epoch_losses, "epoch_lrs": epoch_lrs}
 
     def step_schedulers(self, configs: list, loss: Tensor, rows: int, epoch_end: bool) -> None:

@@ -15,13 +15,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from litlab.callbacks import Pruning
+from litlab.callbacks import Pruning, SafeStop
 from litlab.checkpoints import (
     check_compatible,
     check_epochs,
     check_optimizer,
     check_resumable,
     command_overrides,
+    epochs_done,
     load,
     logger_kwargs,
     resumed_run,
@@ -30,7 +31,7 @@ from litlab.checks import check_config, parameters
 from litlab.cockpit import TensorBoard
 from litlab.data.base import TASKS, TaskMismatch
 from litlab.entry import hold
-from litlab.errors import ConfigError, Diverged, flat, user_error
+from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.stepping import FastSteps, epochs_trained, refuse
 from litlab.sweep import swept_keys, write_result
@@ -92,6 +93,10 @@ def fit(
         return e, scalars(trainer.callback_metrics)
     except MisconfigurationException as e:  # Lightning's checks of settings against the model, at fit
         raise ConfigError(f"Lightning refuses these settings: {flat(str(e))}") from e
+    except Exception as e:  # a full disk: what was saved before it stays, and the run says where it stopped
+        if disk_full(e) is None:
+            raise
+        return DiskFull(), scalars(trainer.callback_metrics)
     metrics = scalars(trainer.callback_metrics)
     # So that the final val metrics are final (also for a resumed run that had nothing left to train):
     if "val" in data.splits and getattr(model, "validated_at", None) != trainer.global_step:
@@ -122,9 +127,11 @@ def finish(
         if stopped is None
         else "diverged"
         if isinstance(stopped, Diverged)
+        else "failed"
+        if isinstance(stopped, DiskFull)
         else "interrupted"
     )
-    for logger in trainer.loggers:
+    for logger in trainer.loggers if not isinstance(stopped, DiskFull) else ():  # no space for TensorBoard
         if isinstance(logger, TensorBoard):  # real final values: each curve's last point
             swept = swept_keys()
             hparams = {**hparams_of(cfg), "status": status, "epochs": epochs}  # how far each run got
@@ -135,8 +142,29 @@ def finish(
             logger.finalize("success" if status in ("ok", "pruned") else "failed")
     error = str(stopped or "").removeprefix("error: ")
     if trainer.is_global_zero:  # ranks that srun or torchrun started share the run directory
-        write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+        try:
+            write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+        except OSError as e:
+            if not isinstance(stopped, DiskFull) or disk_full(e) is None:
+                raise
+            return "unrecorded"
     return status
+
+
+def no_space(out_dir: Path, epochs: int, status: str) -> SystemExit:
+    """The one line of a run that the disk filled up: what it kept, and how to go on."""
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    try:
+        kept = f"{ckpt} holds {epochs_done(load(ckpt))} epochs"
+    except (ConfigError, OSError):
+        kept = "no checkpoint could be written"
+    recorded = (
+        "metrics.json says so" if status != "unrecorded" else "metrics.json could not be written either"
+    )
+    return SystemExit(
+        f"error: no space left on the disk of {out_dir} after {epochs} epochs: {kept}; {recorded}; free "
+        f"space (or move the run directory elsewhere), then resume={out_dir}"
+    )
 
 
 def model_choice(cfg: DictConfig) -> str:
@@ -309,7 +337,8 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
             f"{', '.join(sorted(metrics))}"
         )
     if isinstance(stopped, SystemExit):  # also ends a sweep, as a Ctrl-C should
-        why = "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
+        asked = [c.received for c in trainer.callbacks if isinstance(c, SafeStop) and c.received]
+        why = asked[0] if asked else "SIGTERM" if isinstance(stopped, SIGTERMException) else "Ctrl-C"
         where = out_dir / "checkpoints" / "last.ckpt"
         stopped = SystemExit(f"error: stopped by {why} after {epochs} epochs; {where} holds where it stopped")
     if isinstance(stopped, Diverged):
@@ -317,7 +346,11 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     pruned = stopped is None and pruning is not None and pruning.pruned
     if pruned:
         log.info(f"pruned after {epochs} epochs: trial {trial.number} is behind the study's others")
+    if isinstance(stopped, DiskFull):
+        stopped = DiskFull(f"no space left on the disk of {out_dir} after {epochs} epochs")
     status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)
+    if isinstance(stopped, DiskFull):
+        stopped = no_space(out_dir, epochs, status)
     if stopped is not None:
         raise stopped
     shown = {k: f"{v:.6g}" for k, v in sorted(metrics.items())}

@@ -77,6 +77,8 @@ class TensorBatches:
         # (and reads .batch_sampler beside .sampler): the order then depends on the epoch alone, so a
         # resumed run visits the batches as an unbroken one does.
         self.sampler, self.batch_sampler = self, None
+        self.taken = (0, 0)  # (epoch, items of it served so far)
+        self.resume_at: tuple[int, int] | None = None  # from a checkpoint: serve that epoch from there on
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -99,18 +101,34 @@ class TensorBatches:
         order = torch.randperm(n, generator=generator).tolist() if self.shuffle and n > 1 else range(n)
         return [slice(i * size, (i + 1) * size) for i in order]
 
+    def state_dict(self) -> dict:
+        """Where the pass over the training split is, in every checkpoint (Lightning's fit loop asks a
+        loader that has state_dict and load_state_dict): a run stopped mid-epoch by SIGTERM or Ctrl-C
+        resumes with the items of that epoch it had not served, not from the epoch's start."""
+        return {"epoch": self.taken[0], "served": self.taken[1]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resume_at = state["epoch"], state["served"]
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor] | Steps]:
         epoch, k = self.epoch, self.epochs_per_item
         self.epoch += 1  # a new order on the next pass also where nobody calls set_epoch
+        skip = self.resume_at[1] if self.resume_at and self.resume_at[0] == epoch else 0
+        self.resume_at = None
+        for served, item in enumerate(self.items(epoch, k)[skip:], skip + 1):
+            self.taken = epoch, served
+            yield item
+
+    def items(self, epoch: int, k: int) -> Steps | list[Steps]:
+        """The items of one pass, gathered only as they are served."""
         if k:  # Lightning epoch `epoch` holds data epochs epoch * k ... epoch * k + k - 1
-            yield Steps(self.x, self.y, [t for e in range(epoch * k, epoch * k + k) for t in self.takes(e)])
-            return
+            return [
+                Steps(self.x, self.y, [t for e in range(epoch * k, epoch * k + k) for t in self.takes(e)])
+            ]
         takes = self.takes(epoch)
         if not self.group:
-            yield from Steps(self.x, self.y, takes)
-            return
-        for i in range(0, len(takes), self.group):
-            yield Steps(self.x, self.y, takes[i : i + self.group])
+            return Steps(self.x, self.y, takes)
+        return [Steps(self.x, self.y, takes[i : i + self.group]) for i in range(0, len(takes), self.group)]
 
 
 class TensorDataModule(L.LightningDataModule):

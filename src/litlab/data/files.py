@@ -78,6 +78,11 @@ def table_rows(path: Path, reader, columns: list[str]) -> list[list[float]]:
     for line, row in enumerate(reader, start=2):
         if not any(cell.strip() for cell in row):
             continue
+        if len(row) != len(header):  # its cells would land under the wrong names
+            raise ConfigError(
+                f"{path}, line {line} has {len(row)} cells and the header {len(header)}: a shifted or "
+                "broken row? fix or drop it"
+            )
         values = [number(row[i]) if i < len(row) else None for i in where]
         bad = next((c for c, v in zip(columns, values, strict=True) if v is None), None)
         if bad is not None:

@@ -83,6 +83,26 @@ class CrossEntropy(tm.Metric):
         return {"nats": nats, "bits": nats / math.log(2), "perplexity": nats.exp()}[self.unit].float()
 
 
+class EpochMean(tm.Metric):
+    """The size-weighted mean of a value over an epoch's batches, summed as Lightning sums a logged value
+    (a non-finite value stays in: a diverged epoch's mean is not finite). A torchmetrics Metric, so that a
+    checkpoint taken mid-epoch holds the sum so far (checkpoints.ResumeState)."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("rows", torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, rows: int) -> None:
+        self.total = self.total + value.float() * rows
+        self.rows += rows
+
+    def compute(self) -> Tensor:
+        return self.total / self.rows
+
+
 def symbol_metrics() -> dict[str, tm.Metric]:
     """Next-symbol prediction: cross-entropy per symbol in bits (per character at char level), perplexity."""
     return {"bits": CrossEntropy("bits"), "perplexity": CrossEntropy("perplexity")}
@@ -127,7 +147,8 @@ class TaskModel(L.LightningModule):
         self.optimizer, self.scheduler = optimizer, scheduler
         self.fast_steps: FastSteps | None = None  # stepping=fast: train() sets it (src/litlab/stepping.py)
         self.validated_at: int | None = None
-        self.train_metrics_updated = False
+        # the training loss and learning rate, averaged over each epoch's optimizer steps
+        self.train_loss, self.train_lr = EpochMean(), EpochMean()
         metrics = task_metrics(task, out_features)
         if language_metrics:  # macro-F1 over a vocabulary says little and, deterministic, costs n x classes^2
             metrics = tm.MetricCollection({"acc": metrics["acc"], **symbol_metrics()})
@@ -159,7 +180,15 @@ class TaskModel(L.LightningModule):
 
     def update_train_metrics(self, out: Tensor, y: Tensor) -> None:
         self.update_metrics(self.train_metrics, out, y)
-        self.train_metrics_updated = True
+
+    def log_train_means(self, loss: Tensor, rows: int, lr: Tensor | float | None = None) -> None:
+        """train/loss (and lr, where a scheduler changes it): means over the epoch's optimizer steps, each
+        weighted by its rows (a fast step's mean of its steps: their rows together)."""
+        self.train_loss.update(loss, rows)
+        self.log("train/loss", self.train_loss, on_step=False, on_epoch=True)
+        if lr is not None:
+            self.train_lr.update(torch.as_tensor(lr), rows)
+            self.log("lr", self.train_lr, on_step=False, on_epoch=True)
 
     def step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
@@ -171,7 +200,15 @@ class TaskModel(L.LightningModule):
             # in a step every rank runs (sync_dist would reduce when rank 0's progress bar first reads the
             # metrics, while the other ranks wait elsewhere: a deadlock).
             logged = self.all_gather(logged).mean()
-        self.log(f"{stage}/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
+        if stage == "train":
+            lr = (
+                self.trainer.optimizers[0].param_groups[0]["lr"]
+                if self.trainer.lr_scheduler_configs
+                else None
+            )
+            self.log_train_means(logged, len(x), lr)
+        else:
+            self.log(f"{stage}/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
         if stage != "train":
             self.update_metrics(getattr(self, f"{stage}_metrics"), out.detach(), y)
         elif metrics_due(self.trainer):
@@ -181,8 +218,6 @@ class TaskModel(L.LightningModule):
     def training_step(self, batch, batch_idx: int):
         if self.fast_steps is not None:
             return self.fast_steps.training_step(self, batch, batch_idx)
-        if self.trainer.lr_scheduler_configs:  # the mean learning rate of the epoch's optimizer steps
-            self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
         return self.step(batch, "train")
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
@@ -192,10 +227,9 @@ class TaskModel(L.LightningModule):
         self.step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
-        if self.train_metrics_updated:  # on the epochs metrics_due() picked
+        if any(m.update_called for m in self.train_metrics.values()):  # on the epochs metrics_due() picked
             self.log_dict(self.train_metrics.compute())
             self.train_metrics.reset()
-            self.train_metrics_updated = False
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute())

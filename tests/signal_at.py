@@ -1,0 +1,47 @@
+"""A callback that sends its own process a signal at one point of training: SLURM's SIGTERM or a user's
+Ctrl-C, landed exactly where a test wants it (tests/test_checkpoints.py)."""
+
+import os
+import signal
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    """`name` (SIGTERM or SIGINT) to this process in `hook` of Lightning epoch `epoch` (at Lightning batch
+    `batch` for the batch hooks), once, and only in a run that was not resumed."""
+
+    fast_steps_aware = True  # counts Lightning's epochs and batches, whatever they hold
+
+    def __init__(self, name: str, hook: str, epoch: int, batch: int = 0):
+        super().__init__()
+        self.signal, self.hook, self.epoch, self.batch = getattr(signal, name), hook, epoch, batch
+        if self.signal == signal.SIGINT:  # as in a terminal (a background job, as under CI, ignores SIGINT)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def send(self, trainer: L.Trainer, hook: str, batch: int = 0) -> None:
+        due = (hook, trainer.current_epoch, batch) == (self.hook, self.epoch, self.batch)
+        if due and trainer.ckpt_path is None and not trainer.sanity_checking:
+            self.hook = None  # once
+            os.kill(os.getpid(), self.signal)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.send(trainer, "on_train_epoch_start")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.send(trainer, "on_train_batch_start", batch_idx)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.send(trainer, "on_train_batch_end", batch_idx)
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
+        self.send(trainer, "on_validation_batch_end", batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.send(trainer, "on_validation_end")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.send(trainer, "on_train_epoch_end")
