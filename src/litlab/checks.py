@@ -31,8 +31,8 @@ def check_config(cfg: DictConfig) -> None:
     check_top_level(cfg)
     for where, node in targets(cfg, TORCH_ONLY):
         check_arguments(where, node)
+    check_ranges(cfg)  # before the optimizer is built: torch's first optimizer imports torch._dynamo (~1.4 s)
     check_optimizer(cfg.optimizer)
-    check_ranges(cfg)
     for where, node in targets(cfg, ("data", "model", "stepping", "trainer", "logger", "callbacks")):
         check_arguments(where, node)
     if isinstance(cfg.trainer.accelerator, str):
