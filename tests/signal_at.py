@@ -17,7 +17,7 @@ class SignalAt(Callback):
     def __init__(self, name: str, hook: str, epoch: int, batch: int = 0):
         super().__init__()
         self.signal, self.hook, self.epoch, self.batch = getattr(signal, name), hook, epoch, batch
-        if self.signal == signal.SIGINT:  # as in a terminal (a background job, as under CI, ignores SIGINT)
+        if self.signal == signal.SIGINT:  # as in a terminal (a shell's background job ignores SIGINT)
             signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def send(self, trainer: L.Trainer, hook: str, batch: int = 0) -> None:
