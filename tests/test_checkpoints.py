@@ -182,6 +182,10 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_as_an_unbroken_run(
         train(compose_train(tmp_path, *args, *where, f"{stop}.epoch={epoch}", f"{stop}.batch={batch}"))
     run = tmp_path / "run"
     assert 0 < load(run / "checkpoints" / "last.ckpt")["global_step"] < 160
+    # TensorBoard reads a run's event files in name order: <seconds>.<host>.<pid>.<counter>. A resume in
+    # another process, seconds later, sorts after; in this one, within the same second, the counter
+    # would decide, as text (10 before 9).
+    time.sleep(1.0)
     train(compose_train(tmp_path / "elsewhere", f"resume={run}"))
     train(compose_train(tmp_path / "unbroken", *args))
     assert_same_run(run, tmp_path / "unbroken" / "run")
