@@ -214,7 +214,7 @@ class SafeStop(Callback):
             raise KeyboardInterrupt
         self.received = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
 
-    def stop_here(self, trainer: L.Trainer) -> None:
+    def stop_here(self) -> None:
         if self.received is None or not self.replaced:
             return
         lightnings = self.replaced[signal.SIGTERM]
@@ -230,14 +230,14 @@ class SafeStop(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
         if not validates_after(trainer, batch_idx):
-            self.stop_here(trainer)
+            self.stop_here()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
-            self.stop_here(trainer)
+            self.stop_here()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.stop_here(trainer)
+        self.stop_here()
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.put_back()
@@ -256,7 +256,8 @@ def validates_after(trainer: L.Trainer, batch_idx: int) -> bool:
         return True
     if trainer.val_check_batch == math.inf:
         return batch_idx + 1 >= trainer.num_training_batches
-    i = trainer.fit_loop.total_batch_idx if every is None else batch_idx
+    # check_val_every_n_epoch=None counts batches across epochs (every epoch has num_training_batches)
+    i = trainer.current_epoch * trainer.num_training_batches + batch_idx if every is None else batch_idx
     return (i + 1) % trainer.val_check_batch == 0
 
 

@@ -195,23 +195,20 @@ class TaskModel(L.LightningModule):
         out = self(x)
         loss = self.loss(out, y)
         logged = loss.detach()
-        if stage == "train" and self.trainer.world_size > 1:
+        if stage != "train":
+            self.log(f"{stage}/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
+            self.update_metrics(getattr(self, f"{stage}_metrics"), out.detach(), y)
+            return loss
+        if self.trainer.world_size > 1:
             # Each rank holds an equal shard: the mean over ranks is the loss one process reports. all_gather
             # in a step every rank runs (sync_dist would reduce when rank 0's progress bar first reads the
             # metrics, while the other ranks wait elsewhere: a deadlock).
             logged = self.all_gather(logged).mean()
-        if stage == "train":
-            lr = (
-                self.trainer.optimizers[0].param_groups[0]["lr"]
-                if self.trainer.lr_scheduler_configs
-                else None
-            )
-            self.log_train_means(logged, len(x), lr)
-        else:
-            self.log(f"{stage}/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
-        if stage != "train":
-            self.update_metrics(getattr(self, f"{stage}_metrics"), out.detach(), y)
-        elif metrics_due(self.trainer):
+        scheduled = self.trainer.lr_scheduler_configs
+        self.log_train_means(
+            logged, len(x), self.trainer.optimizers[0].param_groups[0]["lr"] if scheduled else None
+        )
+        if metrics_due(self.trainer):
             self.update_train_metrics(out.detach(), y)
         return loss
 
