@@ -14,6 +14,7 @@ import sys
 import torch
 
 from litlab.data.bike import BikeData
+from litlab.data.contract import whole_splits
 from litlab.data.text import TextData
 from litlab.data.wine import WineData
 
@@ -23,7 +24,7 @@ DATA = os.environ.get("LITLAB_DATA_DIR", "data")
 def lstsq_val_mse(data) -> tuple[float, float]:
     """(validation MSE of the least-squares fit, validation MSE of the train-mean predictor)."""
     data.setup()
-    (x, y), (xv, yv) = data.splits["train"], data.splits["val"]
+    (x, y), (xv, yv) = (whole_splits(data)[s] for s in ("train", "val"))
     ones = torch.ones(len(x), 1, dtype=torch.float64)
     w = torch.linalg.lstsq(torch.cat([x.double(), ones], 1), y.double(), driver="gelsd").solution
     pred = torch.cat([xv.double(), ones[: len(xv)]], 1) @ w
@@ -33,17 +34,17 @@ def lstsq_val_mse(data) -> tuple[float, float]:
 def conditional_entropy(data: TextData, alpha: float = 0.01) -> tuple[float, float, float]:
     """(train H(next | previous k) in nats, validation cross-entropy of the counts, of the unigram prior)."""
     data.setup()
-    (x, y), (xv, yv) = data.splits["train"], data.splits["val"]
-    v = data.vocab_size
-    context = (x - torch.arange(data.context) * v) @ (v ** torch.arange(data.context))  # one id per context
-    contexts = int(v**data.context)
+    (x, y), (xv, yv) = (whole_splits(data)[s] for s in ("train", "val"))
+    v, k = data.out_features, x.shape[1]  # the vocabulary; the symbols of context
+    context = (x - torch.arange(k) * v) @ (v ** torch.arange(k))  # one id per context
+    contexts = int(v**k)
     ones = torch.ones(len(y), dtype=torch.float64)
     counts = torch.zeros(contexts * v, dtype=torch.float64).index_add_(0, context * v + y, ones)
     counts = counts.view(contexts, v)
     p = counts / counts.sum(1, keepdim=True).clamp_min(1)
     h_train = float(-(p[context, y].log()).mean())
     smoothed = (counts + alpha) / (counts.sum(1, keepdim=True) + alpha * v)
-    context_v = (xv - torch.arange(data.context) * v) @ (v ** torch.arange(data.context))
+    context_v = (xv - torch.arange(k) * v) @ (v ** torch.arange(k))
     prior = (torch.bincount(y, minlength=v).double() + alpha) / (len(y) + alpha * v)
     return h_train, float(-(smoothed[context_v, yv].log()).mean()), float(-(prior[yv].log()).mean())
 
@@ -65,7 +66,7 @@ def main() -> None:
         print(name, *(f"{v:.6g}" for v in lstsq_val_mse(data)), sep=" | ")
     print("text k | train H (nats) | val CE of counts | val CE of unigram | bits per char (val)")
     for k in (1, 2):
-        h, val, prior = conditional_entropy(TextData(path["text"], context=k, family="logistic"))
+        h, val, prior = conditional_entropy(TextData(path["text"], context=k))
         print(k, f"{h:.4f}", f"{val:.4f}", f"{prior:.4f}", f"{val / math.log(2):.4f}", sep=" | ")
 
 

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # daemons (SLURM, munge) and runuser live there
-REAL_DATA = ("wine", "bike", "text")  # conf/data options that read files from paths.data_dir
+REAL_DATA = ("wine", "bike", "text", "table")  # conf/data options that read files from paths.data_dir
 # Every composed config (the test_config.py grid too) finds the real files where CI and worktrees keep them.
 os.environ["LITLAB_DATA_DIR"] = str(SHARED_DATA)
 needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data files not in {SHARED_DATA}")

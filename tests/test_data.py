@@ -5,7 +5,8 @@ import os
 import pytest
 import torch
 
-from litlab.data.base import TaskMismatch, TensorBatches
+from litlab.data.base import TensorBatches
+from litlab.data.contract import TaskMismatch, choose_task
 from litlab.data.regression import RegressionData, generate, noisy100
 from litlab.data.temperature import T_C, T_U, TemperatureData
 from litlab.errors import ConfigError
@@ -58,10 +59,10 @@ def test_generated_classification_labels_follow_a_logistic_model():
 
 
 def test_presets_pose_the_right_task():
-    assert RegressionData(preset="toy6").task == "binary"
-    assert RegressionData(preset="double").task == "regression"
+    assert RegressionData(preset="toy6").offered() == ["binary"]
+    assert RegressionData(preset="double").offered() == ["regression"]
     with pytest.raises(TaskMismatch, match="poses a binary task: for a regression target use data.preset"):
-        RegressionData(preset="toy6", tasks=["regression"])
+        choose_task(RegressionData(preset="toy6"), ["regression"])
     with pytest.raises(ConfigError, match="preset='nope'"):
         RegressionData(preset="nope")
 

@@ -75,7 +75,7 @@ def test_a_network_of_ones_own_trains_resumes_evaluates_and_predicts(tmp_path, m
     assert evaluated.stderr.strip().splitlines()[-1].endswith("(data.val_fraction=0): nothing to evaluate")
     net = Polynomial(1, 1)  # predict.py's answer is this network's, on the run's normalised input
     net.load_state_dict({k.removeprefix("net."): v for k, v in ckpt["state_dict"].items()})
-    stats = ckpt["RegressionData"]
+    stats = ckpt["data"]
     x = (torch.tensor([[4.0]]) - torch.tensor(stats["x_shift"])) * torch.tensor(stats["x_scale"]).reciprocal()
     assert float(proc.stdout.split()[-1]) == pytest.approx(net(x).item(), rel=1e-5)
 

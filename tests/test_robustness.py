@@ -196,7 +196,7 @@ def test_another_seed_gives_another_split_and_initialisation(cfg_factory):
     def split_and_init(seed: int):
         cfg = cfg_factory(f"seed={seed}")
         L.seed_everything(cfg.seed, verbose=False)  # as train() does, before building data and model
-        data = instantiate(cfg.data, tasks=["regression"])
+        data = instantiate(cfg.data)
         data.setup("fit")
         model = instantiate(cfg.model, task="regression", in_features=1, out_features=1)
         return data.splits["val"][1].flatten().tolist(), model.net.weight.item()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from litlab.data.base import TaskMismatch
+from litlab.data.contract import TaskMismatch, choose_task
 from litlab.data.text import ASCII, TextData, ascii_codes, read_book, windows, words_of
 from litlab.errors import ConfigError
 from litlab.nets import Linear
@@ -62,7 +62,7 @@ def test_char_splits_are_contiguous_and_disjoint():
     n = len(codes) - 3
     assert (len(y), len(y_val)) == (n - round(0.2 * n), round(0.2 * n))
     assert torch.equal(torch.cat([y, y_val]), codes[3:])  # every target once, train strictly before val
-    assert torch.equal(x[:, 0], codes[: len(y)]) and data.model_kwargs()["in_features"] == 3 * ASCII
+    assert torch.equal(x[:, 0], codes[: len(y)]) and data.model_kwargs() == {"language_metrics": True}
     assert data.out_features == ASCII and data.in_features == 3 * ASCII  # the one-hot width
 
 
@@ -86,7 +86,7 @@ def test_linear_on_indices_is_one_hot_times_weight():
 
 def test_unfitting_settings_are_refused():
     with pytest.raises(TaskMismatch, match="poses a multiclass task"):
-        TextData(str(PATH), tasks=["regression"])
+        choose_task(TextData(str(PATH)), ["regression"])
     with pytest.raises(ConfigError, match="data.scaling must stay none"):
         TextData(str(PATH), scaling="standardize")
     with pytest.raises(ConfigError, match="context >= 1"):

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from litlab.data.contract import TASKS, choose_task
 from litlab.data.wine import FEATURES, WineData, read_wine
 from litlab.errors import ConfigError
 from litlab.train import train
@@ -16,8 +17,10 @@ pytestmark = needs_real_data
 PATH = SHARED_DATA / "tabular-wine" / "winequality-white.csv"
 
 
-def wine(**kwargs) -> WineData:
+def wine(tasks: tuple[str, ...] = TASKS, **kwargs) -> WineData:
+    """Wine data posing the first task that a model fitting `tasks` takes, set up."""
     data = WineData(str(PATH), **kwargs)
+    choose_task(data, list(tasks))
     data.setup()
     return data
 
@@ -44,11 +47,15 @@ def test_the_model_s_tasks_pick_the_target_and_task():
     assert y_class.dtype == torch.int64 and classes.out_features == 7
     assert classes.classes.tolist() == list(range(3, 10))
     torch.testing.assert_close(classes.classes[y_class].unsqueeze(1), quality.splits["train"][1])
+    asked = wine(task="multiclass")  # data.task: classes for a model that fits every task (mlp)
+    assert asked.task == "multiclass" and torch.equal(asked.splits["train"][1], y_class)
 
 
 def test_targets_that_do_not_fit_the_model_are_refused():
     with pytest.raises(ConfigError, match="poses a binary task: data.target=quality is regression"):
-        WineData(str(PATH), target="good", tasks=["regression"])
+        wine(target="good", tasks=["regression"])
+    with pytest.raises(ConfigError, match="data.task=regression: data=wine poses a binary task"):
+        wine(target="good", task="regression")
     with pytest.raises(ConfigError, match="data.target=alcohol"):
         WineData(str(PATH), target="alcohol")
 
@@ -116,13 +123,11 @@ def test_short_run_beats_the_trivial_baseline(cfg_factory, tmp_path, model, targ
     train(cfg)
     val_loss = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]["val/loss"]
     target = None if target == "null" else target
-    data = WineData(
-        cfg.data.path,
+    data = wine(
+        {"linear": ["regression"], "logistic": ["binary", "multiclass"]}[model],
         target=target,
-        tasks={"linear": ["regression"], "logistic": ["binary", "multiclass"]}[model],
         split_seed=cfg.seed,
     )
-    data.setup()
     (_, y), (_, y_val) = data.splits["train"], data.splits["val"]
     if data.task == "regression":  # MSE of always predicting the training mean
         baseline = float(((y.mean() - y_val) ** 2).mean())

@@ -1,5 +1,6 @@
 """Callbacks of our own: what Lightning has no built-in for."""
 
+import logging
 import math
 import signal
 import threading
@@ -15,8 +16,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from litlab.data.contract import resumable
 from litlab.errors import ConfigError, Diverged
 from litlab.stepping import data_epoch, max_data_epochs, metrics_due, steps_per_epoch
+
+log = logging.getLogger(__name__)
 
 
 class EpochProgressBar(ProgressBar):
@@ -189,7 +193,9 @@ class SafeStop(Callback):
     """SIGTERM (SLURM's notice, `kill`) and Ctrl-C stop training where its checkpoint resumes exactly: after
     a training batch that no validation follows, after a validation, or at an epoch's end. Lightning's own
     handling stops at once, also inside a validation or between an epoch's last batch and its end, and
-    resumes such a state without that validation or epoch end. A second Ctrl-C stops at once.
+    resumes such a state without that validation or epoch end. A second Ctrl-C stops at once. Where the
+    training loader cannot say where it stopped (no state_dict: a plain DataLoader), only an epoch's end
+    resumes exactly, and the run stops there.
 
     At that point this calls Lightning's SIGTERM handler (installed when fit starts), so Lightning's own
     stop follows: its loops raise where their state is resumable and LastCheckpoint saves it. On several
@@ -200,9 +206,12 @@ class SafeStop(Callback):
     def __init__(self):
         super().__init__()
         self.received: str | None = None  # what asked the run to stop: "SIGTERM" or "Ctrl-C"
+        self.inside_epochs, self.told = True, False  # whether it may stop inside an epoch; said why not
         self.replaced: dict[int, object] = {}  # signal -> the handler this one replaced
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a loader that cannot say where it stopped (no state_dict) resumes exactly only at an epoch's end
+        self.inside_epochs = resumable(trainer.train_dataloader)
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             # Ctrl-C only where it would interrupt (not where SIGINT is ignored, as in a background job)
             ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -229,11 +238,17 @@ class SafeStop(Callback):
         self.replaced = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx):
-        if not validates_after(trainer, batch_idx):
+        if self.received is not None and not self.inside_epochs and not self.told:
+            log.info(
+                f"{self.received}: the training loader cannot say where it stopped (no state_dict), so the "
+                "run stops at this epoch's end, where it resumes exactly (Ctrl-C again stops now)"
+            )
+            self.told = True
+        if self.inside_epochs and not validates_after(trainer, batch_idx):
             self.stop_here()
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and self.inside_epochs:
             self.stop_here()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from litlab.data.contract import record, resumable
 from litlab.entry import locate
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps
@@ -198,13 +199,16 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
             f"{ckpt} holds a {describe(saved_hp)}, but the run's config builds a {describe(built_hp)}: "
             "use a checkpoint of this run"
         )
-    saved_stats = values.get(type(data).__qualname__)
-    if saved_stats is not None and not all(
-        torch.allclose(torch.tensor(saved_stats[k]), torch.tensor(v)) for k, v in data.state_dict().items()
-    ):
+    saved, now = values.get("data", {}), record(data)
+    changed = [
+        k
+        for k in ("x_shift", "x_scale")
+        if k in saved and k in now and not torch.allclose(torch.tensor(saved[k]), torch.tensor(now[k]))
+    ]
+    if changed:
         raise ConfigError(
-            f"the data gives other normalisation statistics than {ckpt} was trained with "
-            f"({saved_stats} vs {data.state_dict()}): has the data file changed?"
+            f"the data gives other normalisation statistics than {ckpt} was trained with ({changed[0]} "
+            f"{saved[changed[0]]} vs {now[changed[0]]}): has the data file changed?"
         )
 
 
@@ -306,7 +310,8 @@ def restore_metric_states(module: torch.nn.Module, saved: dict[str, dict]) -> No
 class ResumeState(Callback):
     """Makes every checkpoint a clean place to resume from: torch's random generator states go in; one
     written inside an epoch holds the epoch's metric sums so far; and one written at the end of an epoch
-    (last.ckpt) says that epoch is done.
+    (last.ckpt) says that epoch is done. Every checkpoint also keeps what predict.py and a resume's checks
+    need of the data (data/contract.py: record): its input normalisation.
 
     Lightning marks an epoch completed only after its on_train_epoch_end hooks, where last.ckpt is saved;
     resumed from such a checkpoint it replays the epoch's end and counts that epoch twice (one epoch
@@ -314,9 +319,10 @@ class ResumeState(Callback):
     LastCheckpoint waits for before the file becomes last.ckpt.
 
     Inside an epoch (SIGTERM or Ctrl-C stop a run after a training batch, callbacks.SafeStop) the
-    training split's position is the loader's own state (data.base.TensorBatches), and the epoch's means
-    and metrics are the module's torchmetrics, whose states Lightning does not save: they go in here, so
-    the resumed epoch's logged means cover all its batches. (A module's own `self.log(tensor,
+    training split's position is the loader's own state (data.base.TensorBatches, torchdata's
+    StatefulDataLoader; SafeStop waits for the epoch's end where the loader has none), and the epoch's
+    means and metrics are the module's torchmetrics, whose states Lightning does not save: they go in
+    here, so the resumed epoch's logged means cover all its batches. (A module's own `self.log(tensor,
     on_epoch=True)` sums are Lightning's, not saved: after a mid-epoch resume they cover the batches
     after it.)"""
 
@@ -346,6 +352,17 @@ class ResumeState(Callback):
             batches["is_last_batch"] = False
         elif total["ready"] > total["completed"] and batches["current"]["processed"]:  # inside an epoch
             checkpoint["metric_states"] = metric_states(pl_module)
+            if not resumable(trainer.train_dataloader):
+                checkpoint["loader_restarts"] = [trainer.current_epoch, batches["current"]["processed"]]
+        if trainer.datamodule is not None:  # what predict.py and a resume's checks need of the data
+            checkpoint["data"] = record(trainer.datamodule)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         restore_metric_states(pl_module, checkpoint.get("metric_states", {}))
+        if "loader_restarts" in checkpoint:
+            epoch, served = checkpoint["loader_restarts"]
+            log.info(
+                f"this checkpoint was saved after {served} batches of epoch {epoch + 1}, and the training "
+                "loader cannot say where it stopped (no state_dict): the epoch's other batches are drawn "
+                "from the loader's start (a StatefulDataLoader resumes exactly: docs/data.md)"
+            )

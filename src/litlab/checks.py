@@ -91,9 +91,15 @@ def check_arguments(where: str, node: DictConfig) -> None:
     except Exception as e:
         raise ConfigError(f"{where}._target_={node._target_} cannot be imported: {e}") from e
     accepted = parameters(target)
+    declared = {}
+    if where == "data":  # a data module's task and sizes, where it takes no such argument (data/contract.py)
+        from litlab.data.contract import DECLARED, check_declared
+
+        declared = {k: node[k] for k in DECLARED if k in node and accepted is not None and k not in accepted}
+        check_declared(declared)
     for key, value in node.items():
         key = str(key)
-        if key.startswith("_"):
+        if key.startswith("_") or key in declared:
             continue
         if accepted is not None and key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1)

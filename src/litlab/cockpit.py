@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from litlab.data.contract import batches, has_split, normalisation, provides, sample, whole_splits
 from litlab.models.task import Model
 from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
 
@@ -120,27 +121,40 @@ def add_summary(writer: SummaryWriter, summary: Summary, step: int | None = None
     writer._get_file_writer().add_summary(summary, step)
 
 
-def least_squares_optimum(x: Tensor, y: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, float]:
-    """(W, b, mean squared error) of the exact least-squares fit y ~ x W^T + b.
+class NormalEquations:
+    """Least squares y ~ x W^T + b from sums over batches, in float64: [x 1]^T [x 1], [x 1]^T y and y^T y,
+    features x features whatever the rows, so a split of any size is streamed once and never copied."""
 
-    The float64 normal equations [x 1]^T [x 1] w = [x 1]^T y, summed over row chunks so that a split of
-    millions of rows is never copied, solved by torch.linalg.lstsq (the minimum-norm solution where
-    inputs are collinear, as one-hot groups beside a bias are)."""
-    d, k = x.shape[1], y.shape[1]
-    gram, xty = torch.zeros(d + 1, d + 1, dtype=torch.float64), torch.zeros(d + 1, k, dtype=torch.float64)
+    def __init__(self):
+        self.gram = self.xty = self.yty = None
+        self.count = 0  # target values (rows x outputs)
+
+    def add(self, x: Tensor, y: Tensor) -> None:
+        a = torch.cat([x.double(), torch.ones(len(x), 1, dtype=torch.float64)], dim=1)
+        y = y.double().reshape(len(y), -1)
+        if self.gram is None:
+            d = a.shape[1]
+            self.gram, self.xty, self.yty = a.new_zeros(d, d), a.new_zeros(d, y.shape[1]), 0.0
+        self.gram += a.T @ a
+        self.xty += a.T @ y
+        self.yty += float((y * y).sum())
+        self.count += y.numel()
+
+    def solve(self) -> tuple[Tensor, Tensor, float]:
+        """(W, b, mean squared error) of the exact fit: torch.linalg.lstsq's minimum-norm solution where
+        inputs are collinear (one-hot groups beside a bias); at a solution of the normal equations the
+        squared error is y^T y - w^T X^T y."""
+        solution = torch.linalg.lstsq(self.gram, self.xty, driver="gelsd").solution  # [d + 1, k]
+        squared = self.yty - float((solution * self.xty).sum())
+        return solution[:-1].T, solution[-1], max(squared, 0.0) / self.count
+
+
+def least_squares_optimum(x: Tensor, y: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, float]:
+    """(W, b, mean squared error) of the exact least-squares fit of whole tensors, summed over row chunks."""
+    sums = NormalEquations()
     for start in range(0, len(x), chunk):
-        a = torch.cat(
-            [x[start : start + chunk].double(), torch.ones(len(x[start : start + chunk]), 1)], dim=1
-        )
-        gram += a.T @ a
-        xty += a.T @ y[start : start + chunk].double()
-    solution = torch.linalg.lstsq(gram, xty, driver="gelsd").solution  # [d + 1, k]
-    weight, bias = solution[:-1].T, solution[-1]
-    squared = sum(
-        float(((x[i : i + chunk].double() @ weight.T + bias - y[i : i + chunk].double()) ** 2).sum())
-        for i in range(0, len(x), chunk)
-    )
-    return weight, bias, squared / y.numel()
+        sums.add(x[start : start + chunk], y[start : start + chunk])
+    return sums.solve()
 
 
 def lbfgs_optimum(model: nn.Linear, loss_fn, x: Tensor, y: Tensor, max_iter: int) -> None:
@@ -176,22 +190,32 @@ class OptimumGap(L.Callback):
         self.lbfgs_max_iter = lbfgs_max_iter
         self.optimum: float | None = None
 
-    def reference(self, pl_module: Model, x: Tensor, y: Tensor) -> tuple[float, str] | None:
-        """(optimum loss, how it was found), computed in float64. None where the reference would not solve
-        the model's own problem: a network that is not one linear layer, a regression loss other than MSE
-        (least squares), symbol-index inputs; and beyond lstsq_max_rows (regression) or lbfgs_max_rows
-        (classes) training rows, where the reference would cost seconds."""
-        if not isinstance(pl_module, Model) or not isinstance(pl_module.net, nn.Linear):
-            return None
+    def reference(self, trainer: L.Trainer, pl_module: Model) -> tuple[float, str, float] | None:
+        """(optimum loss, how it was found, the model's loss now), in float64; None with an info line where
+        the reference would not solve the model's own problem (a network that is not one linear layer, a
+        regression loss other than MSE, symbol-index inputs), where it would cost seconds (beyond
+        lstsq_max_rows or lbfgs_max_rows rows of a split in memory), or where L-BFGS would need a training
+        split that the data streams."""
+        if not provides(pl_module, Model) or not isinstance(pl_module.net, nn.Linear):
+            return skipped("the model is not one linear layer")
+        data, task = trainer.datamodule, pl_module.hparams.task
+        whole = whole_splits(data)
+        rows = len(whole["train"][0]) if whole is not None else None
+        if task == "regression":
+            if pl_module.loss_name != "mse":
+                return skipped(f"model.loss={pl_module.loss_name} is not least squares")
+            if rows is not None and rows > self.lstsq_max_rows:
+                return skipped(f"{rows} training rows > callbacks.optimum_gap.lstsq_max_rows")
+            return self.least_squares(trainer, pl_module)
+        if whole is None:
+            return skipped("L-BFGS needs the training split in memory, and the data streams it")
+        if rows > self.lbfgs_max_rows:
+            return skipped(f"{rows} training rows > callbacks.optimum_gap.lbfgs_max_rows")
+        x, y = (t.cpu() for t in whole["train"])
         if not x.is_floating_point():
-            return None
-        if pl_module.hparams.task == "regression":
-            if pl_module.loss_name != "mse" or len(x) > self.lstsq_max_rows:
-                return None
-            how = "the exact least-squares solution of the training split (torch.linalg.lstsq)"
-            return least_squares_optimum(x, y)[2], how
-        if len(x) > self.lbfgs_max_rows:
-            return None
+            return skipped("the inputs are symbol indices")
+        with torch.no_grad():
+            now = float(pl_module.loss(*model_batch(trainer, pl_module, x, y)))
         x, y = x.double(), (y.double() if y.is_floating_point() else y)
         model = nn.Linear(x.shape[1], pl_module.hparams.out_features, dtype=torch.float64)
         nn.init.zeros_(model.weight), nn.init.zeros_(model.bias)
@@ -201,22 +225,36 @@ class OptimumGap(L.Callback):
             "an approximation; on separable classes the infimum is 0"
         )
         with torch.no_grad():
-            return float(pl_module.loss(model(x), y)), how
+            return float(pl_module.loss(model(x), y)), how, now
+
+    @torch.no_grad()
+    def least_squares(self, trainer: L.Trainer, pl_module: Model) -> tuple[float, str, float] | None:
+        """The exact least-squares loss from normal equations summed over the training split (in memory or
+        streamed from a new loader), and the model's loss now from the same pass."""
+        sums, squared = NormalEquations(), 0.0
+        for x, y in batches(trainer.datamodule, "train"):
+            if not x.is_floating_point():
+                return skipped("the inputs are symbol indices")
+            out, target = model_batch(trainer, pl_module, x, y)  # on the model's device
+            sums.add(x, y)
+            squared += float(((out.double() - target.double()) ** 2).sum())
+        if sums.gram is None:
+            return None
+        how = (
+            "the exact least-squares solution of the training split (float64 normal equations solved by "
+            "torch.linalg.lstsq)"
+        )
+        return sums.solve()[2], how, squared / sums.count
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        x, y = trainer.datamodule.splits["train"]
-        found = self.reference(pl_module, x.cpu(), y.cpu())
+        found = self.reference(trainer, pl_module)
         if found is None:
-            log.info("no reference optimum for this model, loss or size of data (callbacks.optimum_gap)")
             return
-        self.optimum, how = found
+        self.optimum, how, start = found
         writer = tensorboard_writer(trainer)
         if writer is None or trainer.global_step > 0:  # a resumed run: its first start logged these
             return
-        with torch.no_grad():  # the gap before the first step; it also carries the tags' descriptions
-            x, y = trainer.precision_plugin.convert_input((x, y))  # as Lightning converts a batch
-            start = float(pl_module.loss(pl_module(x), y))
-        step = trainer.global_step
+        step = trainer.global_step  # the gap before the first step; it also carries the tags' descriptions
         add_described_scalar(writer, "train/optimum_loss", self.optimum, step, f"Loss of {how}.")
         add_described_scalar(
             writer, "train/gap", gap(start, self.optimum), step, f"train/loss minus the loss of {how}."
@@ -236,6 +274,22 @@ class OptimumGap(L.Callback):
         step = trainer.global_step - 1
         writer.add_scalar("train/optimum_loss", self.optimum, step)
         writer.add_scalar("train/gap", distance, step)
+
+
+def skipped(why: str) -> None:
+    log.info(f"no reference optimum: {why} (callbacks.optimum_gap)")
+
+
+def model_batch(
+    trainer: L.Trainer, pl_module: L.LightningModule, x: Tensor, y: Tensor
+) -> tuple[Tensor, Tensor]:
+    """(outputs, targets) of a CPU batch as a training step sees them: on the model's device, converted
+    as Lightning converts a batch (precision), targets [n] of numbers as [n, 1]."""
+    x, y = trainer.precision_plugin.convert_input((x.to(pl_module.device), y.to(pl_module.device)))
+    out = pl_module(x)
+    if pl_module.hparams.task != "multiclass":
+        y = y.to(out.dtype).view(len(y), -1)
+    return out, y
 
 
 def gap(loss: float, optimum: float) -> float:
@@ -272,7 +326,9 @@ class LineFrames:
     frame pastes that background and draws only the line and the title (Agg blitting), then maps its
     colours onto the background's palette, which the TensorBoard PNG and the GIF then share."""
 
-    def __init__(self, points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, outputs: int, size):
+    def __init__(
+        self, points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, outputs: int, size, xlabel: str
+    ):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
         # Fixed margins in pixels: constrained layout would double the time of the one full draw.
@@ -284,7 +340,7 @@ class LineFrames:
         # Axes fit the data, not the line: a line far off early in training leaves the frame.
         self.lines = self.ax.plot(grid[:, 0], torch.zeros(len(grid), outputs), "-k", scaley=False)
         self.lines[0].set_label("model")
-        self.ax.set(xlabel="input (original units)", ylabel="target")
+        self.ax.set(xlabel=xlabel, ylabel="target")
         self.ax.legend(loc="upper left")  # its "model" entry puts the line's black in the palette
         for line in self.lines:
             line.set_visible(False)
@@ -376,7 +432,9 @@ class FitPictures(L.Callback):
     Recorded epochs come every_n_epochs data epochs (the validation cadence in our config) and at the
     end of training: each records weight histograms and, for one-input regression, a frame of the
     fitted line (fit/line, and the animated GIF in the run directory). The other pictures are drawn
-    every plot_every_n_val recorded epochs and at the end. Nothing runs on the per-step path."""
+    every plot_every_n_val recorded epochs and at the end. Nothing runs on the per-step path. They show
+    every point of data held in memory (data/contract.py: WholeSplits), else the first max_points rows
+    that a new loader of the split serves."""
 
     fast_steps_aware = True  # counts data epochs and optimizer steps (src/litlab/stepping.py)
 
@@ -388,8 +446,10 @@ class FitPictures(L.Callback):
         gif: str | None = "fit.gif",
         frame_ms: int = 200,
         size: tuple[int, int] = (640, 480),
+        max_points: int = 20_000,
     ):
         self.every_n_epochs = every_n_epochs
+        self.max_points = max_points
         self.max_records = max_records
         self.plot_every_n_val = plot_every_n_val
         self.gif = gif
@@ -401,7 +461,7 @@ class FitPictures(L.Callback):
         self.enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.enabled = isinstance(pl_module, Model)  # the pictures need its task and predictions
+        self.enabled = provides(pl_module, Model)  # the pictures need its task and predictions
         if not self.enabled:
             log.info(
                 f"no fit pictures: {type(pl_module).__name__} lacks what litlab.models.task.Model declares"
@@ -429,8 +489,8 @@ class FitPictures(L.Callback):
         if self.gif and self.frames and trainer.is_global_zero:
             save_gif(Path(trainer.default_root_dir) / self.gif, self.frames, self.frame_ms)
 
-    def one_input_regression(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
-        return pl_module.hparams.task == "regression" and trainer.datamodule.in_features == 1
+    def one_input_regression(self, pl_module: L.LightningModule) -> bool:
+        return pl_module.hparams.task == "regression" and pl_module.hparams.in_features == 1
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Weight histograms and a frame of the fitted line now; the other pictures when due."""
@@ -441,23 +501,40 @@ class FitPictures(L.Callback):
         if writer is not None:
             for name, param in pl_module.named_parameters():
                 writer.add_histogram(f"params/{name}", param.detach().cpu(), trainer.global_step)
-        if self.one_input_regression(trainer, pl_module):
+        if self.one_input_regression(pl_module):
             self.frames.append(self.line_frame(trainer, pl_module))
             if writer is not None:
                 add_picture(writer, "fit/line", self.frames[-1], trainer.global_step)
         if self.recorded % self.plot_every_n_val == 0:
             self.draw(trainer, pl_module)
 
+    def points(self, trainer: L.Trainer, split: str) -> tuple[Tensor, Tensor] | None:
+        """(model inputs, targets) of a split on the CPU: all of a split in memory, else the first
+        max_points rows that a new loader serves."""
+        whole = whole_splits(trainer.datamodule)
+        if whole is not None:
+            return tuple(t.cpu() for t in whole[split]) if split in whole else None
+        if not has_split(trainer.datamodule, split):
+            return None
+        return sample(trainer.datamodule, split, self.max_points)
+
     @torch.no_grad()
     def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Image.Image:
-        """Data points and fitted line in original units: the normalisation (x_shift, x_scale) undone."""
-        data = trainer.datamodule
-        shift, scale = data.x_shift.to(pl_module.device), data.x_scale.to(pl_module.device)
+        """Data points and fitted line in original units where the data says how it normalised its inputs
+        (the normalisation undone), else in the model's."""
+        found = normalisation(trainer.datamodule)
+        shift, scale = (t.to(pl_module.device) for t in found) if found is not None else (0.0, 1.0)
         if self.line_frames is None:
-            points = {split: ((x * scale + shift).cpu(), y.cpu()) for split, (x, y) in data.splits.items()}
+            points = {}
+            for split in ("train", "val", "test"):
+                if (held := self.points(trainer, split)) is not None:
+                    x, y = held
+                    points[split] = ((x.to(pl_module.device) * scale + shift).cpu(), y.reshape(len(y), -1))
             xs = torch.cat([x for x, _ in points.values()])
             self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
-            self.line_frames = LineFrames(points, self.grid, pl_module.hparams.out_features, self.size)
+            units = "original units" if found is not None else "as the model sees it"
+            outputs = pl_module.hparams.out_features
+            self.line_frames = LineFrames(points, self.grid, outputs, self.size, f"input ({units})")
         fitted = pl_module(
             trainer.precision_plugin.convert_input((self.grid.to(pl_module.device) - shift) / scale)
         )
@@ -470,16 +547,18 @@ class FitPictures(L.Callback):
         """Every picture of this task, on the validation split (the training split without one)."""
         self.drawn_step = trainer.global_step
         writer = tensorboard_writer(trainer)
-        if writer is None or self.one_input_regression(trainer, pl_module):
+        if writer is None or self.one_input_regression(pl_module):
             return
-        splits = trainer.datamodule.splits
-        x, y = splits.get("val", splits["train"])
-        pred = pl_module.predictions(pl_module(trainer.precision_plugin.convert_input(x))).float().cpu()
-        y, task = y.cpu(), pl_module.hparams.task
+        held = self.points(trainer, "val") or self.points(trainer, "train")
+        if held is None:
+            return
+        x, y = held
+        pred = pl_module.predictions(model_batch(trainer, pl_module, x, y)[0]).float().cpu()
+        task = pl_module.hparams.task
         if task == "regression":
-            pictures = regression_pictures(y, pred, self.size)
+            pictures = regression_pictures(y.reshape(pred.shape), pred, self.size, self.max_points)
         elif task == "binary":
-            prob, y = pred[:, 0], y[:, 0].long()
+            prob, y = pred[:, 0], y.reshape(-1).long()
             pictures = binary_pictures(y, prob, self.size)
             pictures["confusion_matrix"] = confusion_picture(y, (prob > 0.5).long(), 2, self.size)
         else:

@@ -25,6 +25,10 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 # ModelCheckpoint(save_on_train_epoch_end) on an epoch without validation, where val/loss is not yet
 # logged; optimized_metric is checked up front (train.py), so the warning says nothing about the run.
 warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
+# A resume inside an epoch with a loader that cannot say where it stopped: ResumeState says it in one line.
+warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+# torchdata's StatefulDataLoader calls a torch function that torch has deprecated, at every iteration.
+warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
 # Lightning suggests srun wherever SLURM is installed, also to ranks that torchrun started.
 warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used")
 # Lightning advertises a cloud logger at every start, and lists the accelerators it did not use (train.py's

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
 from litlab.checks import check_config
+from litlab.data.contract import describe, has_split
 from litlab.data.files import is_float, not_utf8, number
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
@@ -27,11 +28,11 @@ def rebuild(
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
     ckpt, saved = saved_run(cfg, honoured)
-    data, model = build(saved)
+    data, model, found = build(saved)
     values = load(ckpt)
     check_compatible(values, ckpt, model, data)
     model.load_state_dict(values["state_dict"])
-    log.info(f"{data.describe()}; weights from {ckpt}")
+    log.info(f"{describe(data, found)}; weights from {ckpt}")
     return saved, data, model
 
 
@@ -45,7 +46,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     metrics = {}
     for split, run in (("val", trainer.validate), ("test", trainer.test)):
-        if split in data.splits:
+        if has_split(data, split):
             metrics.update(run(model, datamodule=data, verbose=False)[0])
     if not metrics:
         raise ConfigError(
@@ -143,24 +144,28 @@ def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFram
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     ckpt, saved = saved_run(cfg, honoured=())
-    if getattr(get_class(saved.data._target_), "index_inputs", False):
+    values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
+    kept = values.get("data", {})  # data/contract.py: record
+    if kept.get("index_inputs"):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
         )
-    values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
+    if "x_shift" not in kept:
+        raise ConfigError(
+            f"{ckpt} holds no input normalisation of its data ({saved.data._target_}), so predict.py cannot "
+            "turn raw inputs into model inputs: give the data module x_shift and x_scale tensors (model "
+            "input = (raw - x_shift) / x_scale; zeros and ones where it does not normalise), then train again"
+        )
     hparams = values["hyper_parameters"]
     accepted = inspect.signature(get_class(saved.model._target_)).parameters  # constructor arguments only
     sizes = {k: v for k, v in hparams.items() if k in accepted and k not in saved.model}  # the data's
     model = instantiate(saved.model, **sizes)
     model.load_state_dict(values["state_dict"])
     model.eval()
-    stats = values.get(saved.data._target_.rsplit(".", 1)[-1])
-    if stats is None:
-        raise ConfigError(f"{ckpt} holds no input normalisation statistics of {saved.data._target_}")
     inputs = read_inputs(cfg, model.hparams.in_features)
     x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
     # As in TensorDataModule.setup: multiply by 1/scale, so the inputs match training's to the bit.
-    x_scaled = (x - torch.tensor(stats["x_shift"])) * torch.tensor(stats["x_scale"]).reciprocal()
+    x_scaled = (x - torch.tensor(kept["x_shift"])) * torch.tensor(kept["x_scale"]).reciprocal()
     table = predictions_table(model, x_scaled)
     result = pd.concat([inputs, table], axis=1)
     print(result.to_string(index=False))

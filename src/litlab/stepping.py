@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from litlab.checks import several_ranks
+from litlab.data.contract import full_batch
 from litlab.errors import ConfigError
 
 OFF = "add stepping=lightning (one optimizer step per Lightning step)"
@@ -236,8 +237,7 @@ def steps_per_epoch(trainer: L.Trainer) -> int | None:
     accumulation: one); None elsewhere."""
     if (fast := stepper(trainer)) is not None:
         return fast.nb
-    full_batch = getattr(trainer.datamodule, "full_batch", False)
-    return 1 if full_batch and trainer.accumulate_grad_batches == 1 else None
+    return 1 if full_batch(trainer.datamodule) and trainer.accumulate_grad_batches == 1 else None
 
 
 def data_epoch(trainer: L.Trainer) -> int:

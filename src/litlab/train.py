@@ -2,6 +2,7 @@
 
 import logging
 import math
+import multiprocessing
 import os
 import time
 from contextlib import nullcontext
@@ -29,7 +30,18 @@ from litlab.checkpoints import (
 )
 from litlab.checks import check_config, parameters
 from litlab.cockpit import TensorBoard
-from litlab.data.base import TASKS, TaskMismatch
+from litlab.data.contract import (
+    TASKS,
+    Problem,
+    TaskMismatch,
+    choose_task,
+    describe,
+    fast_batches,
+    has_split,
+    model_arguments,
+    problem,
+    split_declared,
+)
 from litlab.entry import hold
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
@@ -83,7 +95,7 @@ def hparams_of(cfg: DictConfig) -> dict:
 
 
 def fit(
-    trainer: L.Trainer, model: L.LightningModule, data, ckpt_path: str | None
+    trainer: L.Trainer, model: L.LightningModule, data, ckpt_path: str | None, has_val: bool
 ) -> tuple[BaseException | None, dict]:
     """trainer.fit and a final validation: (the divergence, Ctrl-C or SIGTERM that stopped it early, if any;
     the final value of every metric)."""
@@ -99,7 +111,7 @@ def fit(
         return DiskFull(), scalars(trainer.callback_metrics)
     metrics = scalars(trainer.callback_metrics)
     # So that the final val metrics are final (also for a resumed run that had nothing left to train):
-    if "val" in data.splits and getattr(model, "validated_at", None) != trainer.global_step:
+    if has_val and getattr(model, "validated_at", None) != trainer.global_step:
         trainer.validate(model, datamodule=data, verbose=False)
         metrics.update(scalars(trainer.callback_metrics))
     return None, metrics
@@ -184,30 +196,37 @@ def models_fitting(task: str) -> list[str]:
     return [p.stem for p in options if task in OmegaConf.load(p).get("tasks", TASKS)]
 
 
-def build_data(cfg: DictConfig) -> L.LightningDataModule:
-    """The configured data, set up, posing the first task that the model fits (else one line naming both)."""
+def build_data(cfg: DictConfig) -> tuple[L.LightningDataModule, Problem]:
+    """The configured data, set up, posing the first task that the model fits (else one line naming both),
+    with its task and sizes (data/contract.py): they come from the data before the model exists."""
+    fits = [str(t) for t in cfg.model.get("tasks", TASKS)]
+    node, declared = split_declared(cfg.data, parameters(get_class(cfg.data._target_)))
     try:
-        data = instantiate(cfg.data, tasks=list(cfg.model.get("tasks", TASKS)))
+        data = instantiate(node)
+        choose_task(data, fits)
+        if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # a download, as Lightning does before setup
+            data.prepare_data()
+        data.setup("fit")
+        return data, problem(data, declared, fits)
     except Exception as e:
         if not isinstance(mismatch := user_error(e), TaskMismatch):
             raise
         fitting = [f"model={m}" for m in models_fitting(mismatch.offered[0])]
         use = f"use {' or '.join(fitting)}" if fitting else "choose a model that fits it"
         raise ConfigError(
-            f"{model_choice(cfg)} fits {', '.join(cfg.model.tasks)} tasks and data={mismatch.data} poses a "
+            f"{model_choice(cfg)} fits {', '.join(fits)} tasks and data={mismatch.data} poses a "
             f"{' or '.join(mismatch.offered)} task: {use}; or {mismatch.hint}"
         ) from e
-    data.setup("fit")  # sizes and task come from the data before the model exists
-    return data
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
-    """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Problem]:
+    """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into;
+    and the data's task and sizes."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    data = build_data(cfg)
+    data, found = build_data(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
-    given = {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler, **data.model_kwargs()}
-    return data, instantiate(cfg.model, **accepted_arguments(cfg, given))
+    given = {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler, **model_arguments(data, found)}
+    return data, instantiate(cfg.model, **accepted_arguments(cfg, given)), found
 
 
 def takes(cfg: DictConfig, argument: str) -> bool:
@@ -238,13 +257,15 @@ def accepted_arguments(cfg: DictConfig, given: dict) -> dict:
     return {k: v for k, v in given.items() if k in accepted}
 
 
-def trainer_settings(cfg: DictConfig, fast: FastSteps | None, data: L.LightningDataModule) -> dict:
+def trainer_settings(
+    cfg: DictConfig, fast: FastSteps | None, data: L.LightningDataModule, has_val: bool
+) -> dict:
     """The Trainer's keyword arguments: the user's, in Lightning's units under fast stepping."""
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
-    has_val = "val" in data.splits
     if fast is not None:
-        settings = fast.plan(settings, has_val, data.batches_per_epoch())
-        data.group, data.epochs_per_item = fast.group, fast.epochs_per_step
+        batches = fast_batches(data)
+        settings = fast.plan(settings, has_val, batches.batches_per_epoch())
+        batches.serve_steps(fast.group, fast.epochs_per_step)
     if not has_val:
         settings.setdefault("limit_val_batches", 0)
     return settings
@@ -253,6 +274,10 @@ def trainer_settings(cfg: DictConfig, fast: FastSteps | None, data: L.LightningD
 def train(cfg: DictConfig) -> float:
     """Fit the configured model; return the final value of cfg.optimized_metric."""
     started = time.time()
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        # a parallel sweep's job, in a joblib worker, whose default start method is loky's: DataLoader
+        # workers (num_workers > 0) would start as loky processes, which they cannot; Python's own start
+        multiprocessing.set_start_method(None, force=True)
     cfg, resume_ckpt = resumed_run(cfg)  # resume=<run>: its saved config and checkpoint
     resume_ckpt = resume_ckpt or requeued(cfg)
     check_config(cfg)
@@ -277,7 +302,8 @@ def requeued(cfg: DictConfig) -> Path | None:
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
-    data, model = build(cfg)
+    data, model, found = build(cfg)
+    has_val = has_split(data, "val")
     logged = set(getattr(model, "metric_names", ())) | {"train/gap", "train/optimum_loss"}
     # else EarlyStopping fails at the first check, mid-run (a model that declares no metric_names: after)
     if hasattr(model, "metric_names") and cfg.optimized_metric not in logged:
@@ -286,9 +312,9 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
             f"choose one of {', '.join(sorted(logged))}"
         )
     callbacks = {name: (c, instantiate(c)) for name, c in (cfg.get("callbacks") or {}).items() if c}
-    settings = trainer_settings(cfg, fast, data)
+    settings = trainer_settings(cfg, fast, data, has_val)
     if fast is not None:
-        refuse(cfg.trainer, callbacks, model, fast.epochs_per_step > 0, "val" in data.splits)
+        refuse(cfg.trainer, callbacks, model, fast.epochs_per_step > 0, has_val)
         model.fast_steps = fast
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
@@ -323,11 +349,11 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     else:
         optimizer = "its own optimizer (configure_optimizers)"
     log.info(
-        f"{data.describe()}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
+        f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
         f"on {trainer.num_devices} {trainer.strategy.root_device.type}"
     )
 
-    stopped, metrics = fit(trainer, model, data, resume_ckpt)
+    stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
     epochs = epochs_trained(trainer)
     if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
         stopped = Diverged(epochs, metrics[cfg.optimized_metric])

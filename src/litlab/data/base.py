@@ -7,19 +7,10 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from litlab.data.contract import CLASSIFICATION_DATA, TASKS
 from litlab.errors import ConfigError
 
-TASKS = ("regression", "binary", "multiclass")
-CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
 SHUFFLES = ("rows", "batches")
-
-
-class TaskMismatch(ConfigError):
-    """The data poses no task that the model fits; train() names the model option in the message."""
-
-    def __init__(self, data: str, offered: list[str], hint: str):
-        super().__init__(f"data={data} poses a {' or '.join(offered)} task: {hint}")
-        self.data, self.offered, self.hint = data, offered, hint
 
 
 class Steps:
@@ -132,14 +123,17 @@ class TensorBatches:
 
 
 class TensorDataModule(L.LightningDataModule):
-    """Base for the datasets: subclasses implement `read()` and say which tasks they pose (`offered`)."""
+    """Base for the datasets: subclasses implement `read()` and say which tasks they pose (`poses`).
+
+    It has every capability of the data contract (data/contract.py): several tasks, whole splits, fast
+    batches, input normalisation, its own description, model arguments."""
 
     name = "data"
     contiguous = False  # True: train, val, test are consecutive blocks in row order (time series, text)
 
     def __init__(
         self,
-        tasks: list[str] = TASKS,
+        task: str | None = None,
         scaling: str | float = "standardize",
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
@@ -157,32 +151,42 @@ class TensorDataModule(L.LightningDataModule):
             raise ConfigError(f"data.batch_size={batch_size} must be >= 1, or null for the whole split")
         if shuffle not in SHUFFLES:
             raise ConfigError(f"data.shuffle={shuffle!r} is not one of {', '.join(SHUFFLES)}")
+        if task is not None and task not in TASKS:
+            raise ConfigError(f"data.task={task} is not a task: choose one of {', '.join(TASKS)}, or null")
         self.shuffle = shuffle
-        self.task = self.task_for(tasks)
+        self.asked = task  # data.task: the one task to pose of those it can
+        self.task: str | None = None  # the model's tasks choose (contract.choose_task), else setup()
         self.scaling = scaling
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.batch_size = batch_size
         self.split_seed = split_seed
-        # stepping=fast (train() sets them): minibatches, or data epochs, per Lightning step
+        # stepping=fast (serve_steps): minibatches, or data epochs, per Lightning step
         self.group, self.epochs_per_item = 0, 0
         self.splits: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def offered(self) -> list[str]:
-        """The tasks this data poses, the preferred first (a model takes the first it fits)."""
+    def poses(self) -> list[str]:
+        """The tasks this data can pose with its settings, the preferred first."""
         return ["regression"]
+
+    def offered(self) -> list[str]:
+        """The tasks it poses, or the one that data.task asks for (one line where it poses no such task)."""
+        poses = self.poses()
+        if self.asked is None:
+            return poses
+        if self.asked not in poses:
+            raise ConfigError(
+                f"data.task={self.asked}: data={self.name} poses a {' or '.join(poses)} task with these "
+                "settings"
+            )
+        return [self.asked]
+
+    def pose(self, task: str) -> None:
+        self.task = task
 
     def mismatch_hint(self) -> str:
         """What to change on the data's side when no offered task fits the model."""
         return f"for classes use {CLASSIFICATION_DATA}"
-
-    def task_for(self, tasks: list[str]) -> str:
-        """The first offered task that the model fits (`tasks`); TaskMismatch where there is none."""
-        offered = self.offered()
-        fits = [t for t in offered if t in tasks]
-        if not fits:
-            raise TaskMismatch(self.name, offered, self.mismatch_hint())
-        return fits[0]
 
     def read(self) -> tuple[Tensor, Tensor]:
         """All rows as float32 inputs [n, d] and targets: float32 [n, k] or int64 class labels [n]."""
@@ -201,8 +205,8 @@ class TensorDataModule(L.LightningDataModule):
         return 1 if self.task == "binary" else self.num_classes
 
     def model_kwargs(self) -> dict:
-        """What the model needs to know from the data: its task and sizes."""
-        return {"task": self.task, "in_features": self.in_features, "out_features": self.out_features}
+        """What the model may take from the data beyond task and sizes."""
+        return {}
 
     @property
     def full_batch(self) -> bool:
@@ -211,6 +215,8 @@ class TensorDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits:  # train() sets up before the model exists; Lightning calls again
             return
+        if self.task is None:
+            self.pose(self.offered()[0])
         x, y = self.read()
         if self.task == "multiclass":
             self.num_classes = int(y.max()) + 1
@@ -269,9 +275,9 @@ class TensorDataModule(L.LightningDataModule):
             f"data.scaling={self.scaling!r} is not one of none, standardize or a positive factor"
         )
 
-    def state_dict(self) -> dict:
-        """Normalisation statistics as plain lists, saved in every checkpoint."""
-        return {"x_shift": self.x_shift.tolist(), "x_scale": self.x_scale.tolist()}
+    def serve_steps(self, group: int, epochs_per_item: int) -> None:
+        """stepping=fast: `group` minibatches, or `epochs_per_item` data epochs, per training item."""
+        self.group, self.epochs_per_item = group, epochs_per_item
 
     def batches_per_epoch(self) -> int:
         """Minibatches (optimizer steps) in one training epoch on one device."""

@@ -38,6 +38,8 @@ def require(path: str | Path, dataset: str) -> Path:
     if path.exists() and not path.is_file():
         kind = "a directory" if path.is_dir() else "not a regular file (a FIFO, a device?)"
         raise ConfigError(f"data file {path} is {kind}: point data.path= at the {dataset} file itself")
+    if not path.is_file() and dataset not in FILES:
+        raise ConfigError(f"data file {path} not found: point data.path= at your file")
     if not path.is_file():
         raise ConfigError(
             f"data file {path} not found: fetch it with `make data` (or `python scripts/download.py "

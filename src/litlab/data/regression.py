@@ -113,7 +113,7 @@ class RegressionData(TensorDataModule):
         self.name = f"regression preset={preset}"
         super().__init__(**kwargs)
 
-    def offered(self) -> list[str]:
+    def poses(self) -> list[str]:
         return [self.preset_task]
 
     def mismatch_hint(self) -> str:

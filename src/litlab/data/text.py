@@ -87,7 +87,7 @@ class TextData(TensorDataModule):
 
     index_inputs = True  # x holds the indices of the one-hot inputs' ones, not numbers
 
-    def offered(self) -> list[str]:
+    def poses(self) -> list[str]:
         return ["multiclass"]
 
     def mismatch_hint(self) -> str:
@@ -126,4 +126,4 @@ class TextData(TensorDataModule):
         return self.context * self.vocab_size
 
     def model_kwargs(self) -> dict:
-        return {**super().model_kwargs(), "language_metrics": True}
+        return {"language_metrics": True}

@@ -35,7 +35,7 @@ def read_wine(path: str | Path) -> tuple[Tensor, Tensor]:
 
 class WineData(TensorDataModule):
     """Quality as a number (regression) or as 7 classes, or good = quality >= 7 (binary). target=null:
-    quality for a model that fits regression, else good."""
+    quality for a model that fits regression (or with task=multiclass), else good."""
 
     name = "wine"
 
@@ -47,18 +47,13 @@ class WineData(TensorDataModule):
         self.path, self.target = path, target
         super().__init__(**kwargs)
 
-    def offered(self) -> list[str]:
+    def poses(self) -> list[str]:
         if self.target is not None:
             return TARGETS[self.target]
         return ["regression", "binary", "multiclass"]
 
     def mismatch_hint(self) -> str:
         return "data.target=quality is regression or classes, data.target=good binary"
-
-    def task_for(self, tasks: list[str]) -> str:
-        task = super().task_for(tasks)
-        self.target = self.target or ("good" if task == "binary" else "quality")
-        return task
 
     def read(self) -> tuple[Tensor, Tensor]:
         x, quality = read_wine(self.path)

@@ -3,7 +3,7 @@
 import math
 from collections.abc import Callable
 from functools import partial
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 import lightning as L
 import torch
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor, nn
 
-from litlab.data.base import TASKS
+from litlab.data.contract import TASKS
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps, metrics_due, optimizer_steps
 
@@ -19,7 +19,6 @@ REGRESSION_LOSSES = {"mse": F.mse_loss, "mae": F.l1_loss, "huber": F.huber_loss}
 CLASS_LOSSES = {"binary": F.binary_cross_entropy_with_logits, "multiclass": F.cross_entropy}
 
 
-@runtime_checkable
 class Model(Protocol):
     """What train.py, the callbacks, the cockpit and eval/predict call on a model. TaskModel is one;
     a LightningModule of your own that provides these works with all of them.
@@ -97,7 +96,7 @@ class EpochMean(tm.Metric):
 
     def update(self, value: Tensor, rows: int) -> None:
         self.total = self.total + value.float() * rows
-        self.rows += rows
+        self.rows = self.rows + rows
 
     def compute(self) -> Tensor:
         return self.total / self.rows
@@ -149,6 +148,8 @@ class TaskModel(L.LightningModule):
         self.validated_at: int | None = None
         # the training loss and learning rate, averaged over each epoch's optimizer steps
         self.train_loss, self.train_lr = EpochMean(), EpochMean()
+        # validation and test losses over every rank's rows (a DistributedSampler gives each rank a shard)
+        self.val_loss, self.test_loss = EpochMean(), EpochMean()
         metrics = task_metrics(task, out_features)
         if language_metrics:  # macro-F1 over a vocabulary says little and, deterministic, costs n x classes^2
             metrics = tm.MetricCollection({"acc": metrics["acc"], **symbol_metrics()})
@@ -193,10 +194,14 @@ class TaskModel(L.LightningModule):
     def step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
         out = self(x)
+        if self.hparams.task != "multiclass" and (y.dim() == 1 or y.dtype != out.dtype):
+            y = y.to(out.dtype).view(len(y), -1)  # a loader's per-row numbers or 0/1 labels: [n] -> [n, 1]
         loss = self.loss(out, y)
         logged = loss.detach()
         if stage != "train":
-            self.log(f"{stage}/loss", logged, on_step=False, on_epoch=True, batch_size=len(x))
+            mean = getattr(self, f"{stage}_loss")
+            mean.update(logged, len(x))
+            self.log(f"{stage}/loss", mean, on_step=False, on_epoch=True)
             self.update_metrics(getattr(self, f"{stage}_metrics"), out.detach(), y)
             return loss
         if self.trainer.world_size > 1:

@@ -1,0 +1,337 @@
+"""The data contract: the little every data module must give, and the optional capabilities that unlock more.
+
+Any LightningDataModule trains, written as Lightning's docs teach (`setup`, `train_dataloader`,
+`val_dataloader`, batches of `(x, y)`). What the template needs of it is `Data`: the task it poses and the
+input and output sizes. Those come from its attributes or its YAML (`task: regression`, `num_classes: 3`,
+where its constructor takes no such argument), else from one training batch (`problem`).
+
+Everything beyond that is a capability, asked for here and nowhere else:
+
+| capability | what it unlocks | without it |
+|---|---|---|
+| `PosesTasks` | the model's tasks choose among several (wine: a number or classes) | its one task |
+| `WholeSplits` | pictures and the optimum from every point, at once | streamed over its loaders |
+| `FastBatches` | `stepping=fast` | `stepping=fast` refused in one line |
+| `Normalised` | predict.py on raw inputs; the fitted line in original units | predict.py refused |
+| `Described` | its own first console line | task, sizes and where they came from |
+| `ModelArguments` | model arguments of its own (text: `language_metrics`) | task and sizes only |
+
+TensorDataModule (data/base.py) has them all; a data module of one's own may add any of them."""
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from litlab.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TASKS = ("regression", "binary", "multiclass")
+# YAML keys that declare the problem for a data module whose constructor takes no such argument.
+DECLARED = ("task", "in_features", "out_features", "num_classes")
+CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
+
+
+class Data(Protocol):
+    """What every data module gives the template, after setup: the task it poses (regression | binary |
+    multiclass), the width of its inputs, and the model's outputs (targets, 1 for binary, or classes)."""
+
+    task: str
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A data module's task and sizes, and where the template learned them (for the console)."""
+
+    task: str
+    in_features: int
+    out_features: int
+    source: str = "declared"
+
+
+class PosesTasks(Protocol):
+    """Data that can pose several tasks: the first of `offered()` that the model fits is `pose`d."""
+
+    def offered(self) -> list[str]: ...
+
+    def pose(self, task: str) -> None: ...
+
+
+class WholeSplits(Protocol):
+    """Every split in memory as (inputs, targets) model-ready tensors, keyed train / val / test."""
+
+    splits: dict[str, tuple[Tensor, Tensor]]
+
+
+class FastBatches(Protocol):
+    """Batches stepping=fast can serve: several minibatches, or data epochs, per Lightning step."""
+
+    full_batch: bool
+
+    def batches_per_epoch(self) -> int: ...
+
+    def serve_steps(self, group: int, epochs_per_item: int) -> None: ...
+
+
+class Normalised(Protocol):
+    """Model inputs are (raw - x_shift) / x_scale, per input column: predict.py takes raw inputs."""
+
+    x_shift: Tensor
+    x_scale: Tensor
+
+
+class Described(Protocol):
+    def describe(self) -> str: ...
+
+
+class ModelArguments(Protocol):
+    def model_kwargs(self) -> dict: ...
+
+
+def provides(obj: object, protocol: type) -> bool:
+    """Whether obj has every member a Protocol declares (isinstance, by hasattr: from Python 3.12 a
+    runtime-checkable Protocol looks members up statically, and misses what an object holds through
+    __getattr__, as an nn.Module holds its submodules)."""
+    methods = [name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")]
+    return all(hasattr(obj, name) for name in [*getattr(protocol, "__annotations__", {}), *methods])
+
+
+class TaskMismatch(ConfigError):
+    """The data poses no task that the model fits; train() names the model option in the message."""
+
+    def __init__(self, data: str, offered: list[str], hint: str):
+        super().__init__(f"data={data} poses a {' or '.join(offered)} task: {hint}")
+        self.data, self.offered, self.hint = data, offered, hint
+
+
+def name_of(data: L.LightningDataModule) -> str:
+    """The data's name for messages: its `name`, else its class's."""
+    return str(getattr(data, "name", None) or type(data).__name__)
+
+
+def split_declared(node: DictConfig, accepted: dict | None) -> tuple[DictConfig, dict]:
+    """(the config to build the module from, the problem keys it declares): keys of DECLARED that the
+    module's constructor does not take are the template's, never passed on."""
+    declared = {k: node[k] for k in DECLARED if k in node and (accepted is not None and k not in accepted)}
+    if not declared:
+        return node, {}
+    check_declared(declared)
+    values = OmegaConf.to_container(node, resolve=True)  # resolved here: a copy loses the config's root
+    return OmegaConf.create({k: v for k, v in values.items() if k not in declared}), declared
+
+
+def check_declared(declared: dict) -> None:
+    """Declared values in range: a task of TASKS, sizes of at least 1 (2 classes)."""
+    task = declared.get("task")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"data.task={task} is not a task: choose one of {', '.join(TASKS)}")
+    for key in ("in_features", "out_features", "num_classes"):
+        value, least = declared.get(key), 2 if key == "num_classes" else 1
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"data.{key}={value} must be a whole number >= {least}")
+
+
+def choose_task(data: L.LightningDataModule, fits: list[str]) -> None:
+    """For data that poses several tasks: pose the first one the model fits; TaskMismatch where none does."""
+    if not provides(data, PosesTasks):
+        return
+    offered = data.offered()
+    fitting = [t for t in offered if t in fits]
+    if not fitting:
+        hint = getattr(data, "mismatch_hint", lambda: f"for classes use {CLASSIFICATION_DATA}")()
+        raise TaskMismatch(name_of(data), offered, hint)
+    data.pose(fitting[0])
+
+
+def problem(data: L.LightningDataModule, declared: dict, fits: list[str]) -> Problem:
+    """The task and sizes of set-up data: declared (YAML keys), else its attributes, else inferred from one
+    training batch. One line where nothing can tell (0/1 targets and a model that fits both regression and
+    binary, integer labels without their count)."""
+    known = {k: declared.get(k, getattr(data, k, None)) for k in DECLARED}
+    task, size_in, size_out = known["task"], known["in_features"], known["out_features"]
+    if task == "multiclass" or (task is None and known["num_classes"] is not None):
+        task, size_out = "multiclass", size_out or known["num_classes"]
+    source = "declared" if declared else "its attributes"
+    if task is None or size_in is None or size_out is None:
+        x, y = first_batch(data)
+        task = task or infer_task(data, y, fits)
+        size_in = size_in or x.shape[1]
+        if size_out is None and task == "multiclass":
+            raise ConfigError(
+                f"data={name_of(data)} gives integer class labels, and one batch cannot tell how many "
+                "classes there are: add num_classes: <count> to its YAML (or give the module a num_classes "
+                "attribute)"
+            )
+        size_out = size_out or (1 if task == "binary" or y.dim() == 1 else y.shape[1])
+        source = "inferred from one training batch"
+    check_declared({"task": task, "in_features": size_in, "out_features": size_out})
+    if task not in fits:
+        raise TaskMismatch(name_of(data), [task], "set data.task= where its targets could pose another")
+    return Problem(task, int(size_in), int(size_out), source)
+
+
+def first_batch(data: L.LightningDataModule) -> tuple[Tensor, Tensor]:
+    """One training batch as (x, y), drawn without touching torch's random state; one line for a batch the
+    template's models cannot take."""
+    with torch.random.fork_rng(devices=[]):
+        batch = next(iter(data.train_dataloader()), None)
+    pair = isinstance(batch, tuple | list) and len(batch) == 2
+    if not pair or not all(isinstance(t, Tensor) for t in batch):
+        raise ConfigError(
+            f"data={name_of(data)}'s training batches are not (inputs, targets) tensor pairs: return "
+            "(x, y) from its Dataset's __getitem__, or declare task, in_features and out_features in its YAML"
+        )
+    x, y = batch
+    if x.dim() != 2 or not x.is_floating_point() or x.dtype == torch.float64:
+        raise ConfigError(
+            f"data={name_of(data)}'s training inputs are {x.dtype} [{', '.join(map(str, x.shape))}]: the "
+            "template's networks take float32 [batch, features]; return x.float(), flattened per row"
+        )
+    return x, y
+
+
+def infer_task(data: L.LightningDataModule, y: Tensor, fits: list[str]) -> str:
+    """Integer labels: classes; 0/1 floats: binary or regression, as the model decides, else one line; other
+    floats: regression."""
+    if not y.is_floating_point():
+        return "multiclass"
+    if y.dtype == torch.float64:
+        raise ConfigError(f"data={name_of(data)}'s training targets are float64: return y.float()")
+    if not bool(((y == 0) | (y == 1)).all()):
+        return "regression"
+    either = [t for t in ("binary", "regression") if t in fits]
+    if len(either) == 1:
+        return either[0]
+    raise ConfigError(
+        f"data={name_of(data)}'s targets are all 0 or 1: binary labels or numbers? add task: binary (or "
+        "task: regression) to its YAML, or data.task=binary on the command line"
+    )
+
+
+def describe(data: L.LightningDataModule, found: Problem) -> str:
+    """The first console line's account of the data."""
+    if provides(data, Described):
+        return data.describe()
+    rows = ", ".join(f"{split} {n}" for split in ("train", "val", "test") if (n := rows_of(data, split)))
+    sizes = f"; {rows} rows" if rows else ""
+    return (
+        f"{name_of(data)}: {found.task}, {found.in_features} inputs -> {found.out_features} outputs "
+        f"({found.source}{sizes})"
+    )
+
+
+def rows_of(data: L.LightningDataModule, split: str) -> int | None:
+    """The rows of a split where its loader's dataset can tell."""
+    loader = loader_of(data, split)
+    try:
+        return len(loader.dataset) if loader is not None else None
+    except (AttributeError, TypeError):
+        return None
+
+
+def model_arguments(data: L.LightningDataModule, found: Problem) -> dict:
+    """What the model's constructor may take of the data: task and sizes, and the data's own extras."""
+    extra = data.model_kwargs() if provides(data, ModelArguments) else {}
+    return {"task": found.task, "in_features": found.in_features, "out_features": found.out_features, **extra}
+
+
+def whole_splits(data: L.LightningDataModule) -> dict[str, tuple[Tensor, Tensor]] | None:
+    return data.splits if provides(data, WholeSplits) else None
+
+
+def has_split(data: L.LightningDataModule, split: str) -> bool:
+    """Whether the data holds out this split (val or test) with at least one batch."""
+    if (splits := whole_splits(data)) is not None:
+        return split in splits
+    loader = loader_of(data, split)
+    try:
+        return loader is not None and len(loader) > 0
+    except TypeError:  # an iterable without a length
+        return loader is not None
+
+
+def loader_of(data: L.LightningDataModule, split: str):
+    """A new loader of this split (None where the module has none), for the template's own passes: never
+    the one Lightning iterates, whose position a checkpoint holds."""
+    if not is_overridden(f"{split}_dataloader", data, L.LightningDataModule):
+        return None
+    loader = getattr(data, f"{split}_dataloader")()
+    return loader if not isinstance(loader, list | tuple) else (loader[0] if loader else None)
+
+
+def fast_batches(data: L.LightningDataModule) -> FastBatches:
+    """The data's fast batches, for stepping=fast; one line where it serves none."""
+    if not provides(data, FastBatches):
+        raise ConfigError(
+            f"stepping=fast needs whole-tensor batches (a litlab.data.base.TensorDataModule), and "
+            f"data={name_of(data)} serves its own loaders: add stepping=lightning"
+        )
+    return data
+
+
+def full_batch(data: L.LightningDataModule | None) -> bool:
+    """Whether every training epoch is one batch (one optimizer step per data epoch)."""
+    return provides(data, FastBatches) and data.full_batch
+
+
+def normalisation(data: L.LightningDataModule) -> tuple[Tensor, Tensor] | None:
+    """(x_shift, x_scale) where model inputs are (raw - x_shift) / x_scale, else None."""
+    return (data.x_shift, data.x_scale) if provides(data, Normalised) else None
+
+
+def index_inputs(data: L.LightningDataModule) -> bool:
+    """Whether inputs are symbol indices (data=text), not numbers: no normalisation, no raw predictions."""
+    return bool(getattr(data, "index_inputs", False))
+
+
+def record(data: L.LightningDataModule) -> dict:
+    """What a checkpoint keeps of the data as plain values (checkpoints.ResumeState): its input
+    normalisation, and whether inputs are symbol indices, for predict.py and for the checks of a resume."""
+    kept: dict = {"index_inputs": index_inputs(data)}
+    if (found := normalisation(data)) is not None:
+        kept["x_shift"], kept["x_scale"] = (t.tolist() for t in found)
+    return kept
+
+
+def batches(data: L.LightningDataModule, split: str, chunk: int = 1 << 16) -> Iterator[tuple[Tensor, Tensor]]:
+    """Every (x, y) of a split, on the CPU: chunks of the whole split where the data holds it, else a new
+    loader's batches (torch's random state untouched: it decides the training order)."""
+    if (splits := whole_splits(data)) is not None:
+        x, y = splits[split]
+        for start in range(0, len(x), chunk):
+            yield x[start : start + chunk].cpu(), y[start : start + chunk].cpu()
+        return
+    loader = loader_of(data, split)
+    if loader is None:
+        return
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            x, y = batch
+            yield x, y
+
+
+def sample(data: L.LightningDataModule, split: str, rows: int) -> tuple[Tensor, Tensor] | None:
+    """At most `rows` rows of a split (its first, for a loader: validation loaders keep their order)."""
+    xs, ys, held = [], [], 0
+    for x, y in batches(data, split):
+        xs.append(x[: rows - held])
+        ys.append(y[: rows - held])
+        held += len(xs[-1])
+        if held >= rows:
+            break
+    return (torch.cat(xs), torch.cat(ys)) if xs else None
+
+
+def resumable(loader) -> bool:
+    """Whether a training loader can say where it stopped (state_dict and load_state_dict, as
+    torchdata's StatefulDataLoader), so that Lightning resumes inside an epoch."""
+    return all(callable(getattr(loader, m, None)) for m in ("state_dict", "load_state_dict"))
