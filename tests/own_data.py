@@ -8,13 +8,13 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 
 class SineDataset(Dataset):
-    """y = 2 sin(x) + x / 2 + noise, for x in [-3, 3] (temperatures in a few hundred units)."""
+    """y = 2 sin(x) + x / 2 + noise, for x in [-3, 3] (in units of a few hundred); x and y [n, 1]."""
 
     def __init__(self, n: int, seed: int = 0):
         g = torch.Generator().manual_seed(seed)
         self.x = 200 + 100 * torch.rand(n, 1, generator=g)
         u = (self.x[:, 0] - 250) / 50 * 3
-        self.y = 2 * torch.sin(u) + u / 2 + 0.1 * torch.randn(n, generator=g)
+        self.y = (2 * torch.sin(u) + u / 2 + 0.1 * torch.randn(n, generator=g)).unsqueeze(1)
 
     def __len__(self) -> int:
         return len(self.x)
@@ -26,7 +26,8 @@ class SineDataset(Dataset):
 class Sines(L.LightningDataModule):
     """Inputs standardised with the training rows' mean and spread (x_shift, x_scale: predict.py then takes
     raw inputs; standardise=False: raw inputs, and no statistics); a StatefulDataLoader resumes inside an
-    epoch, a plain DataLoader (stateful=False) cannot."""
+    epoch, a plain DataLoader (stateful=False) cannot. classes > 0: y as that many classes of equal width
+    (int64 labels, and a num_classes attribute, as Lightning's docs give their DataModules)."""
 
     def __init__(
         self,
@@ -35,13 +36,19 @@ class Sines(L.LightningDataModule):
         num_workers: int = 2,
         stateful: bool = True,
         standardise: bool = True,
+        classes: int = 0,
     ):
         super().__init__()
         self.n, self.batch_size, self.num_workers = n, batch_size, num_workers
         self.stateful, self.standardise = stateful, standardise
+        if classes:
+            self.num_classes = classes
 
     def setup(self, stage: str | None = None) -> None:
         data = SineDataset(self.n)
+        if getattr(self, "num_classes", 0):
+            edges = torch.linspace(float(data.y.min()), float(data.y.max()), self.num_classes + 1)[1:-1]
+            data.y = torch.bucketize(data.y[:, 0], edges)  # class labels [n]
         split = torch.Generator().manual_seed(1)
         self.train_set, self.val_set = random_split(data, [0.8, 0.2], generator=split)
         if self.standardise:

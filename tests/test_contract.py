@@ -49,7 +49,7 @@ def test_task_and_sizes_come_from_one_training_batch():
     x = torch.randn(10, 3)
     found = problem(Pairs(x, torch.randn(10, 2)), {}, ALL)
     assert (found.task, found.in_features, found.out_features) == ("regression", 3, 2)
-    assert found.source == "inferred from one training batch"
+    assert found.source == "task, in_features and out_features from one training batch"
     assert problem(Pairs(x, torch.randn(10)), {}, ALL).out_features == 1  # per-row numbers
     flags = Pairs(x, (torch.arange(10) % 2).float())
     assert problem(flags, {}, ["binary", "multiclass"]).task == "binary"  # the model decides

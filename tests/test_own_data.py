@@ -21,7 +21,8 @@ from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.own_data import Sines
 from tests.test_checkpoints import assert_same_run
-from tests.test_train import events
+from tests.test_extend import DOCS_MODEL
+from tests.test_train import events, hparams_session
 
 pytestmark = pytest.mark.slow  # each runs train.py end to end
 
@@ -41,8 +42,8 @@ def test_a_docs_style_data_module_fits_resumes_evaluates_and_predicts(tmp_path, 
     ours = own_conf(tmp_path, monkeypatch)
     proc = run_train(tmp_path, *ours, "model=mlp", *SHORT)
     assert (
-        "Sines: regression, 1 inputs -> 1 outputs (inferred from one training batch; train 512, val 128 rows)"
-        in (proc.stdout + proc.stderr)
+        "Sines: regression, 1 inputs -> 1 outputs (task, in_features and out_features from one training "
+        "batch; train 512, val 128 rows)" in (proc.stdout + proc.stderr)
     )
     [run] = run_dirs(tmp_path)
     run_train(tmp_path, f"resume={run}", "trainer.max_epochs=16")
@@ -67,6 +68,25 @@ def test_a_docs_style_data_module_fits_resumes_evaluates_and_predicts(tmp_path, 
 
     images = events(run).Tags()["images"]
     assert "fit/line" in images  # one input, regression: the fitted line over the data, in original units
+    hparams, metrics = hparams_session(events(run))
+    assert hparams["data"] == "sines" and hparams["data.batch_size"] == 32 and metrics[0] == "val/loss"
+
+
+def test_classes_from_the_module_s_num_classes_and_a_model_of_ones_own(tmp_path, monkeypatch):
+    """Integer labels and a num_classes attribute: logistic regression over 3 classes, pictures included;
+    a LightningModule of one's own (tests/test_extend.py) takes the data's sizes too."""
+    ours = own_conf(tmp_path, monkeypatch)
+    (tmp_path / "classes").mkdir()
+    proc = run_train(
+        tmp_path / "classes", *ours, "+data.classes=3", "model=logistic", "optimizer=adam", *SHORT
+    )
+    said = "Sines: multiclass, 1 inputs -> 3 outputs (num_classes from its attributes; in_features from one"
+    assert said in proc.stdout + proc.stderr
+    [run] = run_dirs(tmp_path / "classes")
+    assert json.loads((run / "metrics.json").read_text())["metrics"]["val/acc"] > 0.6
+    assert "fit/confusion_matrix" in events(run).Tags()["images"]
+    train(compose_train(tmp_path / "own", *ours, *DOCS_MODEL, *SHORT))
+    assert json.loads((tmp_path / "own" / "run" / "metrics.json").read_text())["status"] == "ok"
 
 
 def test_linear_regression_on_own_data_reaches_the_streamed_optimum(tmp_path, monkeypatch):

@@ -55,7 +55,7 @@ class Problem:
     task: str
     in_features: int
     out_features: int
-    source: str = "declared"
+    source: str = "its attributes"  # where the template learned them
 
 
 class PosesTasks(Protocol):
@@ -156,13 +156,20 @@ def problem(data: L.LightningDataModule, declared: dict, fits: list[str]) -> Pro
     """The task and sizes of set-up data: declared (YAML keys), else its attributes, else inferred from one
     training batch. One line where nothing can tell (0/1 targets and a model that fits both regression and
     binary, integer labels without their count)."""
-    known = {k: declared.get(k, getattr(data, k, None)) for k in DECLARED}
-    task, size_in, size_out = known["task"], known["in_features"], known["out_features"]
-    if task == "multiclass" or (task is None and known["num_classes"] is not None):
-        task, size_out = "multiclass", size_out or known["num_classes"]
-    source = "declared" if declared else "its attributes"
+    origins = {}  # key -> where it came from, for the console
+    known = {}
+    for key in DECLARED:
+        value = declared.get(key, getattr(data, key, None))
+        if value is not None:
+            known[key], origins[key] = value, "its YAML" if key in declared else "its attributes"
+    task = known.get("task") or ("multiclass" if "num_classes" in known else None)
+    size_in = known.get("in_features")
+    size_out = known.get("out_features") or (known.get("num_classes") if task == "multiclass" else None)
     if task is None or size_in is None or size_out is None:
         x, y = first_batch(data)
+        for key, value in (("task", task), ("in_features", size_in), ("out_features", size_out)):
+            if value is None:
+                origins[key] = "one training batch"
         task = task or infer_task(data, y, fits)
         size_in = size_in or x.shape[1]
         if size_out is None and task == "multiclass":
@@ -172,11 +179,23 @@ def problem(data: L.LightningDataModule, declared: dict, fits: list[str]) -> Pro
                 "attribute)"
             )
         size_out = size_out or (1 if task == "binary" or y.dim() == 1 else y.shape[1])
-        source = "inferred from one training batch"
     check_declared({"task": task, "in_features": size_in, "out_features": size_out})
     if task not in fits:
         raise TaskMismatch(name_of(data), [task], "set data.task= where its targets could pose another")
-    return Problem(task, int(size_in), int(size_out), source)
+    return Problem(task, int(size_in), int(size_out), provenance(origins))
+
+
+def provenance(origins: dict[str, str]) -> str:
+    """'num_classes from its attributes; task and in_features from one training batch'."""
+    by_origin: dict[str, list[str]] = {}
+    for key, origin in origins.items():
+        by_origin.setdefault(origin, []).append(key)
+    return "; ".join(
+        f"{', '.join(keys[:-1])} and {keys[-1]} from {origin}"
+        if len(keys) > 1
+        else f"{keys[0]} from {origin}"
+        for origin, keys in by_origin.items()
+    )
 
 
 def first_batch(data: L.LightningDataModule) -> tuple[Tensor, Tensor]:
