@@ -9,7 +9,10 @@
     whole one-epoch run at 1e7 rows beside a plain script's;
 (f) a 20-trial Optuna search on the book fit (hparams_search=optimizers, two trials at a time), with the
     median pruner vs without: wall time and the best loss each reached;
-(g) how long a mistake (and --help) takes to answer: `python train.py <mistake>`, wall seconds.
+(g) how long a mistake (and --help) takes to answer: `python train.py <mistake>`, wall seconds;
+(h) a 1e7 x 64 float32 Parquet file streamed (data=table data.stream=true) for one epoch at batch 8192 and
+    a shuffle buffer of 1M rows vs a plain loop reading it with pyarrow alike (2 alternating rounds), and
+    the template's peak RSS at 1e7 and 4e7 rows (the files written by scripts/make_table.py).
 Prints a Markdown table of medians and ratios and saves it (default logs/bench.md).
 """
 
@@ -169,6 +172,114 @@ def big_plain(n: int, epochs: int, shuffle: str) -> dict:
     return {"seconds": statistics.median(seconds), "peak_rss_mb": rss_mb(), "base_rss_mb": base}
 
 
+# (h): the streamed table's shuffle buffer (rows) and sizes
+STREAM_BUFFER, STREAM_SIZES = 1_000_000, (10_000_000, 40_000_000)
+
+
+def stream_template(path: str) -> dict:
+    """(h) one epoch of the file streamed through train(): data=table data.stream=true, linear regression,
+    SGD, nothing held out, no input scaling (as the plain loop)."""
+    from litlab.train import train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = compose(
+            Path(tmp),
+            "data=table",
+            f"data.path={path}",
+            "data.target=y",
+            "data.stream=true",
+            f"data.batch_size={BATCH}",
+            f"data.shuffle_buffer={STREAM_BUFFER}",
+            "data.val_fraction=0",
+            "data.scaling=none",
+            "optimized_metric=train/loss",
+            "trainer=cpu",
+            "trainer.max_epochs=1",
+            "+callbacks.clock._target_=__main__.EpochClock",
+        )
+        train(cfg)
+    return {"seconds": EpochClock.seconds[-1], "peak_rss_mb": rss_mb()}
+
+
+def stream_plain(path: str) -> dict:
+    """(h) a plain loop over the same file: its row groups in a seeded order, read with pyarrow into
+    [features, rows] float32 fills of at least the buffer, each permuted and stepped through in batches."""
+    import numpy as np
+    from pyarrow import parquet
+
+    table = parquet.ParquetFile(path)
+    features = table.schema_arrow.names[:-1]
+    model = torch.nn.Linear(len(features), 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    generator = torch.Generator().manual_seed(0)
+    start = time.perf_counter()
+    fill, held = [], 0
+    for group in [*torch.randperm(table.num_row_groups, generator=generator).tolist(), None]:
+        if group is not None:
+            rows = table.read_row_group(group)
+            fill.append(
+                (np.stack([rows.column(c).to_numpy() for c in features]), rows.column("y").to_numpy())
+            )
+            held += rows.num_rows
+        if held >= STREAM_BUFFER or (group is None and fill):
+            order = torch.randperm(held, generator=generator)
+            x = torch.from_numpy(np.take(np.concatenate([f[0] for f in fill], axis=1), order.numpy(), axis=1))
+            y = torch.from_numpy(np.concatenate([f[1] for f in fill]))[order].unsqueeze(1)
+            for i in range(0, held, BATCH):
+                loss = torch.nn.functional.mse_loss(model(x[:, i : i + BATCH].T), y[i : i + BATCH])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            fill, held = [], 0
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": rss_mb()}
+
+
+def bench_stream() -> dict:
+    """(h) samples/s of the template and the plain loop at 1e7 rows, alternating in fresh interpreters (the
+    median of 2 rounds), and the template's peak RSS at each size."""
+    from make_table import write_table  # scripts/, where this file runs
+
+    results = {}
+    with tempfile.TemporaryDirectory(dir=ROOT / "logs") as tmp:
+        for n in STREAM_SIZES:
+            path = Path(tmp) / f"t{n:.0e}.parquet"
+            write_table(path, n, D)
+            rounds = 2 if n == STREAM_SIZES[0] else 1
+            parts = ("stream-template", "stream-plain") if n == STREAM_SIZES[0] else ("stream-template",)
+            runs = {part: [in_subprocess(part, n, 1, str(path)) for _ in range(rounds)] for part in parts}
+            results[n] = {
+                part: {
+                    "seconds": statistics.median(r["seconds"] for r in rs),
+                    "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                }
+                for part, rs in runs.items()
+            }
+            path.unlink()
+    return results
+
+
+def streams(h: dict) -> list[tuple]:
+    """The rows (h): samples/s beside the plain loop, and peak RSS at two sizes."""
+    small, large = STREAM_SIZES
+    t, p = h[small]["stream-template"], h[small]["stream-plain"]
+    label = f"(h) 1e7 x 64 Parquet streamed, batch {BATCH}, shuffle buffer {STREAM_BUFFER:,} rows: samples/s"
+    rows = [row(label, small / t["seconds"], small / p["seconds"], "", ">= 0.8x", rate=True)]
+    rss = (h[small]["stream-template"]["peak_rss_mb"], h[large]["stream-template"]["peak_rss_mb"])
+    data = f"{small * (D + 1) * 4 / 1e9:.1f} / {large * (D + 1) * 4 / 1e9:.1f} GB"
+    label = f"(h) peak RSS streaming 1e7 / 4e7 rows (data {data}): MB"
+    growth_ok = rss[1] <= rss[0] * 1.1 + 100
+    rows.append(
+        (
+            label,
+            f"{rss[0]:,.0f} / {rss[1]:,.0f}",
+            "",
+            f"+{rss[1] - rss[0]:,.0f} MB",
+            "4e7 <= 1e7 x 1.1 + 100 MB" + ("" if growth_ok else " (missed)"),
+        )
+    )
+    return rows
+
+
 def read_bandwidth_gbs() -> float:
     """Memory read bandwidth: best of 5 sums over a 1 GiB float32 tensor."""
     a = torch.ones(2**28)
@@ -177,7 +288,8 @@ def read_bandwidth_gbs() -> float:
 
 
 def in_subprocess(part: str, n: int, epochs: int, shuffle: str) -> dict:
-    """Run one part in a fresh interpreter (its own peak RSS) and return its JSON."""
+    """Run one part in a fresh interpreter (its own peak RSS) and return its JSON; `shuffle` is the part's
+    data.shuffle, or for (h) the file's path."""
     args = ["--part", part, "--n", str(n), "--epochs", str(epochs), "--shuffle", shuffle]
     out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
@@ -422,9 +534,17 @@ def comparisons(a: dict, b: dict, bandwidth: float, c: dict, e: dict) -> list[tu
     return rows
 
 
+PARTS = {
+    "big-template": big_template,
+    "big-plain": big_plain,
+    "stream-template": stream_template,
+    "stream-plain": stream_plain,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["big-template", "big-plain"], help="internal: one part, as JSON")
+    parser.add_argument("--part", choices=[*PARTS], help="internal: one part, as JSON")
     parser.add_argument("--n", type=int, default=N, help="internal: rows of the part")
     parser.add_argument("--epochs", type=int, default=EPOCHS, help="internal: epochs of the part")
     parser.add_argument("--shuffle", default="rows", help="internal: data.shuffle of the part")
@@ -433,12 +553,22 @@ def main() -> None:
     parser.add_argument(
         "--only-f", action="store_true", help="only (f), the searches with and without pruning"
     )
+    parser.add_argument("--only-h", action="store_true", help="only (h), the streamed table (10 minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
     if args.part:
-        part = big_template if args.part == "big-template" else big_plain
-        print(json.dumps(part(args.n, args.epochs, args.shuffle)))
+        part = PARTS[args.part]
+        print(
+            json.dumps(
+                part(args.shuffle)
+                if args.part.startswith("stream")
+                else part(args.n, args.epochs, args.shuffle)
+            )
+        )
+        return
+    if args.only_h:
+        print(table(streams(bench_stream())))
         return
     if args.only_f:
         print(table(searches(bench_search())))
@@ -453,8 +583,9 @@ def main() -> None:
     c = bench_processes(max(3, args.repeats // 2))
     e = growth()
     f = searches(bench_search())
+    h = streams(bench_stream())
     report = f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads)\n\n"
-    report += table(comparisons(a, b, bandwidth, c, e) + f + g) + "\n"
+    report += table(comparisons(a, b, bandwidth, c, e) + f + g + h) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

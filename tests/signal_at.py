@@ -45,3 +45,15 @@ class SignalAt(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.send(trainer, "on_train_epoch_end")
+
+
+def signal_at(name: str, hook: str, epoch: int, batch: int = 0) -> tuple[str, ...]:
+    """The overrides that add a SignalAt callback to a run's config."""
+    key = "+callbacks.stop"
+    return (
+        f"{key}._target_=tests.signal_at.SignalAt",
+        f"{key}.name={name}",
+        f"{key}.hook={hook}",
+        f"{key}.epoch={epoch}",
+        f"{key}.batch={batch}",
+    )

@@ -21,6 +21,7 @@ from litlab.errors import ConfigError
 from litlab.models.task import EpochMean
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
+from tests.signal_at import signal_at
 from tests.test_train import events
 
 # Minibatch Adam: 64 shuffled batches per epoch, so the epoch order, optimizer moments and step counts
@@ -175,11 +176,9 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_as_an_unbroken_run(
     run's own while it trains; test_robustness.py signals a train.py process from outside); the stopped
     run says so and the resumed one ends as one never stopped: weights, Adam's moments, every logged
     value."""
-    stop = "+callbacks.stop"
-    where = (f"{stop}._target_=tests.signal_at.SignalAt", f"{stop}.name={name}", f"{stop}.hook={hook}")
     why = {"SIGTERM": "SIGTERM", "SIGINT": "Ctrl-C"}[name]
     with pytest.raises(SystemExit, match=f"^error: stopped by {why} after "):
-        train(compose_train(tmp_path, *args, *where, f"{stop}.epoch={epoch}", f"{stop}.batch={batch}"))
+        train(compose_train(tmp_path, *args, *signal_at(name, hook, epoch, batch)))
     run = tmp_path / "run"
     assert 0 < load(run / "checkpoints" / "last.ckpt")["global_step"] < 160
     # TensorBoard reads a run's event files in name order: <seconds>.<host>.<pid>.<counter>. A resume in

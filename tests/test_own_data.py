@@ -20,6 +20,7 @@ from litlab.search import storage_of as search_storage
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.own_data import Sines
+from tests.signal_at import signal_at
 from tests.test_checkpoints import assert_same_run
 from tests.test_extend import DOCS_MODEL
 from tests.test_train import events, hparams_session
@@ -108,9 +109,6 @@ def test_linear_regression_on_own_data_reaches_the_streamed_optimum(tmp_path, mo
     assert gaps[0] > 1 and 0 <= gaps[-1] < 1e-3 * optimum  # from the first step's loss to the optimum
 
 
-STOP = "+callbacks.stop"
-
-
 @pytest.mark.parametrize("stateful", [True, False], ids=["stateful-loader", "plain-loader"])
 def test_sigterm_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path, monkeypatch, stateful):
     """A StatefulDataLoader stops where it is and resumes there; a plain DataLoader cannot say where it
@@ -118,13 +116,8 @@ def test_sigterm_mid_epoch_then_resume_equals_an_unbroken_run(tmp_path, monkeypa
     ours = own_conf(tmp_path, monkeypatch)
     args = (*ours, "model=mlp", "optimizer=adam", *SHORT, "callbacks.last_checkpoint.every_s=0")
     args = (*args, f"+data.stateful={stateful}")
-    where = (
-        f"{STOP}._target_=tests.signal_at.SignalAt",
-        f"{STOP}.name=SIGTERM",
-        f"{STOP}.hook=on_train_batch_end",
-    )
     with pytest.raises(SystemExit, match="^error: stopped by SIGTERM after "):
-        train(compose_train(tmp_path, *args, *where, f"{STOP}.epoch=5", f"{STOP}.batch=6"))
+        train(compose_train(tmp_path, *args, *signal_at("SIGTERM", "on_train_batch_end", 5, 6)))
     run = tmp_path / "run"
     stopped = load(run / "checkpoints" / "last.ckpt")["global_step"]
     assert 5 * 16 < stopped < 6 * 16 if stateful else stopped == 6 * 16  # inside epoch 6, or at its end

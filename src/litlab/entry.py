@@ -27,6 +27,8 @@ warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
 warnings.filterwarnings("ignore", message=".*could not find the monitored key.*")
 # A resume inside an epoch with a loader that cannot say where it stopped: ResumeState says it in one line.
 warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")
+# A streamed table's IterableDataset has a length: each worker serves its own row groups, counted exactly.
+warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__` defined")
 # torchdata's StatefulDataLoader calls a torch function that torch has deprecated, at every iteration.
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
 # Lightning suggests srun wherever SLURM is installed, also to ranks that torchrun started.

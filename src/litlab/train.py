@@ -38,6 +38,7 @@ from litlab.data.contract import (
     describe,
     fast_batches,
     has_split,
+    loaders_per_epoch,
     model_arguments,
     problem,
     split_declared,
@@ -268,6 +269,8 @@ def trainer_settings(
         batches.serve_steps(fast.group, fast.epochs_per_step)
     if not has_val:
         settings.setdefault("limit_val_batches", 0)
+    if loaders_per_epoch(data):  # each epoch's loader has that epoch's length (a stream's deal)
+        settings["reload_dataloaders_every_n_epochs"] = 1
     return settings
 
 

@@ -1,7 +1,7 @@
 """The shared DataModule: read once, split with a seeded generator, normalise, serve tensor slices."""
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -11,6 +11,45 @@ from litlab.data.contract import CLASSIFICATION_DATA, TASKS
 from litlab.errors import ConfigError
 
 SHUFFLES = ("rows", "batches")
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """Rows of each split: round(n * fraction) held out, the rest trains."""
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return {"train": n - n_val - n_test, "val": n_val, "test": n_test}
+
+
+def check_sizes(name: str, n: int, sizes: dict[str, int], val_fraction: float, test_fraction: float) -> None:
+    """Every split in use holds at least 2 rows (a fit, a standardisation, r2: one row is not enough)."""
+    if sizes["train"] < 2:
+        raise ConfigError(
+            f"data={name}: of its {n} rows, {sizes['train']} are left for training "
+            f"(data.val_fraction={val_fraction}, data.test_fraction={test_fraction}): a fit "
+            "needs at least 2; use more rows or a smaller data.val_fraction"
+        )
+    for split, fraction in (("val", val_fraction), ("test", test_fraction)):
+        if fraction > 0 and sizes[split] < 2:
+            raise ConfigError(
+                f"data.{split}_fraction={fraction} of {n} rows holds out {sizes[split]}: its metrics "
+                f"need at least 2 rows; use more rows, a larger data.{split}_fraction, or "
+                f"data.{split}_fraction=0 for none"
+            )
+
+
+def shift_and_scale(
+    scaling: str | float, width: int, moments: Callable[[], tuple[Tensor, Tensor]]
+) -> tuple[Tensor, Tensor]:
+    """(shift, scale) of the input normalisation: none, standardize (the training rows' mean and standard
+    deviation, from `moments`, computed only for it) or a positive factor (the book's 0.1)."""
+    zero, one = torch.zeros(width), torch.ones(width)
+    if scaling == "none":
+        return zero, one
+    if scaling == "standardize":
+        mean, std = moments()
+        return mean, torch.where(std > 0, std, one)
+    if isinstance(scaling, int | float) and scaling > 0:
+        return zero, one / scaling
+    raise ConfigError(f"data.scaling={scaling!r} is not one of none, standardize or a positive factor")
 
 
 class Steps:
@@ -236,8 +275,9 @@ class TensorDataModule(L.LightningDataModule):
 
     def split_indices(self, n: int) -> dict[str, Tensor]:
         """Row indices of each split: a seeded shuffle, or consecutive blocks train | val | test."""
-        n_val, n_test = round(n * self.val_fraction), round(n * self.test_fraction)
-        self.check_sizes(n, {"train": n - n_val - n_test, "val": n_val, "test": n_test})
+        sizes = split_sizes(n, self.val_fraction, self.test_fraction)
+        check_sizes(self.name, n, sizes, self.val_fraction, self.test_fraction)
+        n_val, n_test = sizes["val"], sizes["test"]
         if self.contiguous:
             n_train = n - n_val - n_test
             order = torch.arange(n)
@@ -245,34 +285,13 @@ class TensorDataModule(L.LightningDataModule):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed))
         return {"train": order[n_val + n_test :], "val": order[:n_val], "test": order[n_val : n_val + n_test]}
 
-    def check_sizes(self, n: int, sizes: dict[str, int]) -> None:
-        """Every split in use holds at least 2 rows (a fit, a standardisation, r2: one row is not enough)."""
-        if sizes["train"] < 2:
-            raise ConfigError(
-                f"data={self.name}: of its {n} rows, {sizes['train']} are left for training "
-                f"(data.val_fraction={self.val_fraction}, data.test_fraction={self.test_fraction}): a fit "
-                "needs at least 2; use more rows or a smaller data.val_fraction"
-            )
-        for split, fraction in (("val", self.val_fraction), ("test", self.test_fraction)):
-            if fraction > 0 and sizes[split] < 2:
-                raise ConfigError(
-                    f"data.{split}_fraction={fraction} of {n} rows holds out {sizes[split]}: its metrics "
-                    f"need at least 2 rows; use more rows, a larger data.{split}_fraction, or "
-                    f"data.{split}_fraction=0 for none"
-                )
-
     def input_normalisation(self, x_train: Tensor) -> tuple[Tensor, Tensor]:
         """(shift, scale) so that (x - shift) / scale is the model input; train-split statistics only."""
-        zero, one = torch.zeros(x_train.shape[1]), torch.ones(x_train.shape[1])
-        if self.scaling == "none":
-            return zero, one
-        if self.scaling == "standardize":
-            std = x_train.std(dim=0) if len(x_train) > 1 else one
-            return x_train.mean(dim=0), torch.where(std > 0, std, one)
-        if isinstance(self.scaling, int | float) and self.scaling > 0:
-            return zero, one / self.scaling
-        raise ConfigError(
-            f"data.scaling={self.scaling!r} is not one of none, standardize or a positive factor"
+        one = torch.ones(x_train.shape[1])
+        return shift_and_scale(
+            self.scaling,
+            x_train.shape[1],
+            lambda: (x_train.mean(0), x_train.std(0) if len(x_train) > 1 else one),
         )
 
     def serve_steps(self, group: int, epochs_per_item: int) -> None:

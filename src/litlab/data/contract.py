@@ -13,13 +13,15 @@ Everything beyond that is a capability, asked for here and nowhere else:
 | `WholeSplits` | pictures and the optimum from every point, at once | streamed over its loaders |
 | `FastBatches` | `stepping=fast` | `stepping=fast` refused in one line |
 | `Normalised` | predict.py on raw inputs; the fitted line in original units | predict.py refused |
+| `EpochLoaders` | loaders of each epoch's own (a stream's deal of row groups) | loaders made once |
+| `SplitLoaders` | the cockpit's passes over every row, also under DDP | the rank's loader |
 | `Described` | its own first console line | task, sizes and where they came from |
 | `ModelArguments` | model arguments of its own (text: `language_metrics`) | task and sizes only |
 
 TensorDataModule (data/base.py) has them all; a data module of one's own may add any of them."""
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +89,19 @@ class Normalised(Protocol):
 
     x_shift: Tensor
     x_scale: Tensor
+
+
+class EpochLoaders(Protocol):
+    """Loaders made anew every epoch (a streamed table's: the deal of its row groups, and so its length, is
+    the epoch's): the Trainer reloads them every epoch."""
+
+    loaders_per_epoch: bool
+
+
+class SplitLoaders(Protocol):
+    """A loader of every row of a split, whatever the rank (under DDP the epoch's loaders serve a shard)."""
+
+    def split_loader(self, split: str) -> Iterable: ...
 
 
 class Described(Protocol):
@@ -283,7 +298,9 @@ def loader_of(data: L.LightningDataModule, split: str):
     the one Lightning iterates, whose position a checkpoint holds."""
     if not is_overridden(f"{split}_dataloader", data, L.LightningDataModule):
         return None
-    loader = getattr(data, f"{split}_dataloader")()
+    loader = (
+        data.split_loader(split) if provides(data, SplitLoaders) else getattr(data, f"{split}_dataloader")()
+    )
     return loader if not isinstance(loader, list | tuple) else (loader[0] if loader else None)
 
 
@@ -295,6 +312,10 @@ def fast_batches(data: L.LightningDataModule) -> FastBatches:
             f"data={name_of(data)} serves its own loaders: add stepping=lightning"
         )
     return data
+
+
+def loaders_per_epoch(data: L.LightningDataModule) -> bool:
+    return provides(data, EpochLoaders) and data.loaders_per_epoch
 
 
 def full_batch(data: L.LightningDataModule | None) -> bool:

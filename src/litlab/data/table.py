@@ -8,6 +8,7 @@ could be either. Features are every numeric column but the target, or `data.feat
 one line naming its line and column, as for the built-in wine and bike files (files.read_table)."""
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,50 @@ from litlab.errors import ConfigError, flat
 log = logging.getLogger(__name__)
 
 PARQUET = (".parquet", ".pq")
+MAX_CLASSES = 10_000  # distinct whole numbers beyond which a target is not offered as classes
 SUFFIXES = (".csv", ".tsv", ".txt", *PARQUET)
+
+
+def memory_free() -> int:
+    """Bytes of memory available now (Linux: MemAvailable; elsewhere the physical memory)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def streams(path: str | Path, stream: bool | str) -> str | None:
+    """Why data=table streams this file (for the console), or None where it reads it whole: data.stream=true,
+    or auto and its values would take more than a quarter of the memory free now."""
+    if stream is False:
+        return None
+    if stream is True:
+        return "data.stream=true"
+    if stream != "auto":
+        raise ConfigError(f"data.stream={stream!r} is not one of auto, true, false")
+    path = Path(path)
+    if path.is_dir():
+        size = sum(parquet_values(p) for p in sorted(path.rglob("*")) if p.suffix in PARQUET)
+    elif path.suffix in PARQUET and path.is_file():
+        size = parquet_values(path)
+    else:  # text: more bytes than its float32 values
+        size = path.stat().st_size if path.is_file() else 0
+    free = memory_free()
+    if size <= free // 4:
+        return None
+    return f"data.stream=auto: {size / 1e9:.1f} GB of values > a quarter of the {free / 1e9:.1f} GB free"
+
+
+def parquet_values(path: Path) -> int:
+    """Bytes of a Parquet file's values as float32 (its rows x columns x 4)."""
+    try:
+        meta = parquet.ParquetFile(path).metadata
+    except (pa.ArrowInvalid, OSError):
+        return 0  # reading it says what is wrong
+    return meta.num_rows * meta.num_columns * 4
 
 
 def delimiter_of(path: Path) -> str:
@@ -89,8 +133,50 @@ def levels(table: pa.Table, path: Path, name: str) -> tuple[list, np.ndarray]:
     return found.tolist(), index
 
 
+def target_tasks(distinct: np.ndarray, numeric: bool) -> list[str]:
+    """The tasks a target's distinct values pose, the preferred first: numbers regression (whole numbers
+    also classes; 0 and 1 binary first); words classes (two words binary first)."""
+    if not numeric:
+        return ["binary", "multiclass"] if len(distinct) == 2 else ["multiclass"]
+    if set(distinct.tolist()) == {0.0, 1.0}:
+        return ["binary", "regression"]
+    whole = len(distinct) <= MAX_CLASSES and bool((distinct == distinct.round()).all())
+    return ["regression", "multiclass"] if whole else ["regression"]
+
+
+def feature_columns(
+    schema: pa.Schema, target: str, features: list[str] | None, categorical: list[str], path: Path
+) -> list[str]:
+    """The feature columns in order: data.features, else every numeric column and data.categorical (in the
+    file's order); categorical ones are one-hot encoded in place."""
+    names = schema.names
+    if features is None:
+        numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
+        kept = [c for c in names if c != target and (c in categorical or c in numeric)]
+        left = [c for c in names if c not in kept and c != target]
+        if left:
+            log.info(f"data=table: {', '.join(left)} not numbers, left out (data.categorical encodes them)")
+        return [*kept, *(c for c in categorical if c not in kept)]
+    missing = [c for c in [*features, *categorical] if c not in names]
+    if missing:
+        raise ConfigError(
+            f"data.features: {missing[0]} is not a column of {path}: its columns are {', '.join(names)}"
+        )
+    return [*features, *(c for c in categorical if c not in features)]
+
+
 class TableData(TensorDataModule):
-    """One target column and numeric (or one-hot) feature columns of a CSV, TSV or Parquet file."""
+    """One target column and numeric (or one-hot) feature columns of a CSV, TSV or Parquet file, in memory.
+    Where the file streams (data.stream=true, or auto and too large for memory), building one builds a
+    StreamedTable instead (src/litlab/data/stream.py), with the same keys."""
+
+    def __new__(cls, *args, **kwargs):
+        why = streams(kwargs["path"], kwargs.get("stream", "auto")) if "path" in kwargs else None
+        if why is None:  # also when unpickled: no arguments
+            return super().__new__(cls)
+        from litlab.data.stream import StreamedTable  # torchdata, and the stream's machinery
+
+        return StreamedTable(*args, **kwargs, why=why)
 
     def __init__(
         self,
@@ -99,8 +185,18 @@ class TableData(TensorDataModule):
         features: list[str] | None = None,
         categorical: list[str] | None = None,
         contiguous: bool = False,
+        stream: bool | str = "auto",
+        shuffle_buffer: int = 1_000_000,
+        num_workers: int = 0,
         **kwargs,
     ):
+        # stream, shuffle_buffer and num_workers: for a streamed table (StreamedTable); in memory, batches are
+        # slices of tensors already on the device, and need neither workers nor a buffer
+        if shuffle_buffer < 1 or num_workers < 0:
+            raise ConfigError(
+                f"data.shuffle_buffer={shuffle_buffer}, data.num_workers={num_workers}: need shuffle_buffer "
+                ">= 1 and num_workers >= 0"
+            )
         self.path, self.target = Path(path), target
         self.features, self.categorical = features, list(categorical or [])
         if target in self.categorical or (features is not None and target in features):
@@ -130,42 +226,18 @@ class TableData(TensorDataModule):
         return self.table
 
     def poses(self) -> list[str]:
-        """Numbers: regression (whole numbers also classes; 0 and 1 binary first); words: classes."""
         column = self.read_all().column(self.target)
         if not is_numeric(column):
-            labels, _ = levels(self.table, self.path, self.target)
-            return ["binary", "multiclass"] if len(labels) == 2 else ["multiclass"]
+            return target_tasks(np.array(levels(self.table, self.path, self.target)[0]), numeric=False)
         values = numbers(self.table, self.path, self.target, self.delimiter)
-        distinct = np.unique(values)
-        if set(distinct.tolist()) == {0.0, 1.0}:
-            return ["binary", "regression"]
-        return ["regression", "multiclass"] if (distinct == distinct.round()).all() else ["regression"]
+        return target_tasks(np.unique(values), numeric=True)
 
     def mismatch_hint(self) -> str:
         return f"its target column {self.target} poses no other task: choose another data.target"
 
     def columns(self) -> list[str]:
-        """The feature columns in order: data.features, else every numeric column and data.categorical."""
         table = self.read_all()
-        if self.features is None:
-            kept = [
-                c
-                for c in table.column_names
-                if c != self.target and (c in self.categorical or is_numeric(table.column(c)))
-            ]
-            left = [c for c in table.column_names if c not in kept and c != self.target]
-            if left:
-                log.info(
-                    f"data=table: {', '.join(left)} not numbers, left out (data.categorical one-hot encodes)"
-                )
-            return [*kept, *(c for c in self.categorical if c not in kept)]
-        missing = [c for c in [*self.features, *self.categorical] if c not in table.column_names]
-        if missing:
-            raise ConfigError(
-                f"data.features: {missing[0]} is not a column of {self.path}: its columns are "
-                f"{', '.join(table.column_names)}"
-            )
-        return [*self.features, *(c for c in self.categorical if c not in self.features)]
+        return feature_columns(table.schema, self.target, self.features, self.categorical, self.path)
 
     def read(self) -> tuple[Tensor, Tensor]:
         table = self.read_all()
