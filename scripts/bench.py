@@ -240,6 +240,7 @@ def bench_stream() -> dict:
     from make_table import write_table  # scripts/, where this file runs
 
     results = {}
+    (ROOT / "logs").mkdir(exist_ok=True)  # on this disk (13 GB of tables): /tmp may be a small tmpfs
     with tempfile.TemporaryDirectory(dir=ROOT / "logs") as tmp:
         for n in STREAM_SIZES:
             path = Path(tmp) / f"t{n:.0e}.parquet"
