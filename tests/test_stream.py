@@ -204,7 +204,7 @@ def test_ddp_streams_disjoint_shards_and_ends_near_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_streamed_csv_is_converted_once_and_eval_streams_too(tmp_path):
+def test_a_streamed_csv_is_converted_once_and_eval_and_predict_use_the_run(tmp_path):
     write_table(tmp_path / "t.parquet", 5_000, 3)
     csv.write_csv(parquet.read_table(tmp_path / "t.parquet"), tmp_path / "t.csv")
     run_train(
@@ -223,6 +223,13 @@ def test_a_streamed_csv_is_converted_once_and_eval_streams_too(tmp_path):
     [evaluated] = [json.loads(p.read_text()) for p in (tmp_path / "logs" / "eval").rglob("metrics.json")]
     assert evaluated["metrics"] == {k: v for k, v in final.items() if k.startswith("val/")}
     assert "fit/predicted_vs_actual" in events(run).Tags()["images"]
+    # predict.py: raw inputs, normalised with the stream's float64 statistics kept in the checkpoint
+    proc = run_train(tmp_path, f"ckpt_path={run}", "inputs=[[0.5, -1.0, 2.0]]", script="predict.py")
+    ckpt = load(run / "checkpoints" / "last.ckpt")
+    shift, scale = (torch.tensor(ckpt["data"][k]) for k in ("x_shift", "x_scale"))
+    x = (torch.tensor([[0.5, -1.0, 2.0]]) - shift) * scale.reciprocal()
+    expected = x @ ckpt["state_dict"]["net.weight"].T + ckpt["state_dict"]["net.bias"]
+    assert float(proc.stdout.split()[-1]) == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_bad_cells_of_a_streamed_table_are_one_line(tmp_path):
