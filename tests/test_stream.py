@@ -241,6 +241,20 @@ def test_bad_cells_of_a_streamed_table_are_one_line(tmp_path):
         TableData(path=str(tmp_path / "t.parquet"), target="z", stream=True).offered()
 
 
+def test_auto_s_choice_is_recorded_so_a_resume_reads_the_run_alike(tmp_path, monkeypatch):
+    """Streamed because memory was short when the run started: config.yaml says stream: true, and the
+    resume streams again with memory to spare (reading it whole would resume other loaders' state)."""
+    write_table(tmp_path / "t.parquet", 2000, 3)
+    args = ("data=table", f"data.path={tmp_path / 't.parquet'}", "data.target=y", "data.batch_size=256")
+    monkeypatch.setattr("litlab.data.table.memory_free", lambda: 40_000)
+    train(compose_train(tmp_path, *args, "trainer=cpu", "trainer.max_epochs=2"))
+    assert "stream: true" in (tmp_path / "run" / "config.yaml").read_text()
+    monkeypatch.undo()  # the resume, in a process of its own, has memory to spare
+    proc = run_train(tmp_path, f"resume={tmp_path / 'run'}", "trainer.max_epochs=3")
+    assert "streamed (data.stream=true" in proc.stdout + proc.stderr
+    assert load(tmp_path / "run" / "checkpoints" / "last.ckpt")["global_step"] == 3 * 7
+
+
 def test_auto_streams_a_file_larger_than_a_quarter_of_the_memory_free(tmp_path, monkeypatch):
     write_table(tmp_path / "t.parquet", 1000, 3)  # 16 kB of float32 values
     assert type(TableData(path=str(tmp_path / "t.parquet"), target="y")) is TableData
