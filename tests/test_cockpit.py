@@ -13,7 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from litlab.cockpit import calibration, lbfgs_optimum, least_squares_optimum
+from litlab.cockpit import NormalEquations, calibration, lbfgs_optimum
 from litlab.data.regression import POINTS30_Y, generate
 from litlab.train import train
 from tests.conftest import compose_train
@@ -41,7 +41,10 @@ def image_sizes(acc: EventAccumulator, tag: str) -> list[tuple[int, int, int]]:
 
 def test_least_squares_optimum_is_the_line_numpy_fits():
     x, y = torch.arange(1.0, 31.0).unsqueeze(1), torch.tensor(POINTS30_Y)
-    weight, bias, mse = least_squares_optimum(x, y.unsqueeze(1), chunk=7)  # several chunks summed
+    sums = NormalEquations()
+    for start in range(0, len(x), 7):  # several batches summed, as over a loader
+        sums.add(x[start : start + 7], y[start : start + 7].unsqueeze(1))
+    weight, bias, mse = sums.solve()
     slope, intercept = np.polyfit(x[:, 0].numpy(), y.numpy(), 1)
     assert weight.item() == pytest.approx(slope, rel=1e-10) and bias.item() == pytest.approx(
         intercept, rel=1e-10

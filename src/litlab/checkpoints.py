@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from litlab.data.contract import record, resumable
+from litlab.data.contract import RECORD, normalisation_change, record, resumable
 from litlab.entry import locate
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps
@@ -199,16 +199,10 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
             f"{ckpt} holds a {describe(saved_hp)}, but the run's config builds a {describe(built_hp)}: "
             "use a checkpoint of this run"
         )
-    saved, now = values.get("data", {}), record(data)
-    changed = [
-        k
-        for k in ("x_shift", "x_scale")
-        if k in saved and k in now and not torch.allclose(torch.tensor(saved[k]), torch.tensor(now[k]))
-    ]
-    if changed:
+    if (changed := normalisation_change(values, data)) is not None:
         raise ConfigError(
-            f"the data gives other normalisation statistics than {ckpt} was trained with ({changed[0]} "
-            f"{saved[changed[0]]} vs {now[changed[0]]}): has the data file changed?"
+            f"the data gives other normalisation statistics than {ckpt} was trained with ({changed}): has "
+            "the data file changed?"
         )
 
 
@@ -355,7 +349,7 @@ class ResumeState(Callback):
             if not resumable(trainer.train_dataloader):
                 checkpoint["loader_restarts"] = [trainer.current_epoch, batches["current"]["processed"]]
         if trainer.datamodule is not None:  # what predict.py and a resume's checks need of the data
-            checkpoint["data"] = record(trainer.datamodule)
+            checkpoint[RECORD] = record(trainer.datamodule)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         restore_metric_states(pl_module, checkpoint.get("metric_states", {}))

@@ -149,14 +149,6 @@ class NormalEquations:
         return solution[:-1].T, solution[-1], max(squared, 0.0) / self.count
 
 
-def least_squares_optimum(x: Tensor, y: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor, float]:
-    """(W, b, mean squared error) of the exact least-squares fit of whole tensors, summed over row chunks."""
-    sums = NormalEquations()
-    for start in range(0, len(x), chunk):
-        sums.add(x[start : start + chunk], y[start : start + chunk])
-    return sums.solve()
-
-
 def lbfgs_optimum(model: nn.Linear, loss_fn, x: Tensor, y: Tensor, max_iter: int) -> None:
     """Fit model to the whole of (x, y) with full-batch L-BFGS, in place: a reference near the optimum."""
     opt = torch.optim.LBFGS(

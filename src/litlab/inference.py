@@ -14,7 +14,7 @@ from torch import Tensor
 
 from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
 from litlab.checks import check_config
-from litlab.data.contract import describe, has_split
+from litlab.data.contract import describe, has_split, saved_index_inputs, saved_normalisation
 from litlab.data.files import is_float, not_utf8, number
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
@@ -145,12 +145,11 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     ckpt, saved = saved_run(cfg, honoured=())
     values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
-    kept = values.get("data", {})  # data/contract.py: record
-    if kept.get("index_inputs"):
+    if saved_index_inputs(values):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
         )
-    if "x_shift" not in kept:
+    if (normalised := saved_normalisation(values)) is None:
         raise ConfigError(
             f"{ckpt} holds no input normalisation of its data ({saved.data._target_}), so predict.py cannot "
             "turn raw inputs into model inputs: give the data module x_shift and x_scale tensors (model "
@@ -165,7 +164,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     inputs = read_inputs(cfg, model.hparams.in_features)
     x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
     # As in TensorDataModule.setup: multiply by 1/scale, so the inputs match training's to the bit.
-    x_scaled = (x - torch.tensor(kept["x_shift"])) * torch.tensor(kept["x_scale"]).reciprocal()
+    shift, scale = normalised
+    x_scaled = (x - shift) * scale.reciprocal()
     table = predictions_table(model, x_scaled)
     result = pd.concat([inputs, table], axis=1)
     print(result.to_string(index=False))

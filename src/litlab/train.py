@@ -41,6 +41,7 @@ from litlab.data.contract import (
     loaders_per_epoch,
     model_arguments,
     problem,
+    settled,
     split_declared,
 )
 from litlab.entry import hold
@@ -204,8 +205,8 @@ def build_data(cfg: DictConfig) -> tuple[L.LightningDataModule, Problem]:
     node, declared = split_declared(cfg.data, parameters(get_class(cfg.data._target_)))
     try:
         data = instantiate(node)
-        if cfg.data.get("stream") == "auto":  # data=table's choice, recorded: a resume or eval reads it alike
-            cfg.data.stream = loaders_per_epoch(data)
+        for key, value in settled(data).items():  # recorded: a resume or eval builds the data alike
+            cfg.data[key] = value
         choose_task(data, fits)
         if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # a download, as Lightning does before setup
             data.prepare_data()

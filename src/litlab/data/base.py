@@ -36,6 +36,17 @@ def check_sizes(name: str, n: int, sizes: dict[str, int], val_fraction: float, t
             )
 
 
+def asked_of(poses: list[str], asked: str | None, name: str) -> list[str]:
+    """The tasks data poses, or the one that data.task asks for (one line where it poses no such task)."""
+    if asked is None:
+        return poses
+    if asked not in poses:
+        raise ConfigError(
+            f"data.task={asked}: data={name} poses a {' or '.join(poses)} task with these settings"
+        )
+    return [asked]
+
+
 def shift_and_scale(
     scaling: str | float, width: int, moments: Callable[[], tuple[Tensor, Tensor]]
 ) -> tuple[Tensor, Tensor]:
@@ -210,15 +221,7 @@ class TensorDataModule(L.LightningDataModule):
 
     def offered(self) -> list[str]:
         """The tasks it poses, or the one that data.task asks for (one line where it poses no such task)."""
-        poses = self.poses()
-        if self.asked is None:
-            return poses
-        if self.asked not in poses:
-            raise ConfigError(
-                f"data.task={self.asked}: data={self.name} poses a {' or '.join(poses)} task with these "
-                "settings"
-            )
-        return [self.asked]
+        return asked_of(self.poses(), self.asked, self.name)
 
     def pose(self, task: str) -> None:
         self.task = task

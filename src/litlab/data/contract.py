@@ -15,6 +15,7 @@ Everything beyond that is a capability, asked for here and nowhere else:
 | `Normalised` | predict.py on raw inputs; the fitted line in original units | predict.py refused |
 | `EpochLoaders` | loaders of each epoch's own (a stream's deal of row groups) | loaders made once |
 | `SplitLoaders` | the cockpit's passes over every row, also under DDP | the rank's loader |
+| `Settled` | settings it decided recorded in the run's config (a table's stream=auto) | - |
 | `Described` | its own first console line | task, sizes and where they came from |
 | `ModelArguments` | model arguments of its own (text: `language_metrics`) | task and sizes only |
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 TASKS = ("regression", "binary", "multiclass")
 # YAML keys that declare the problem for a data module whose constructor takes no such argument.
 DECLARED = ("task", "in_features", "out_features", "num_classes")
+RECORD = "data"  # the key of a checkpoint's record of its data (record)
 CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
 
 
@@ -102,6 +104,13 @@ class SplitLoaders(Protocol):
     """A loader of every row of a split, whatever the rank (under DDP the epoch's loaders serve a shard)."""
 
     def split_loader(self, split: str) -> Iterable: ...
+
+
+class Settled(Protocol):
+    """Settings the module decided as it was built (data=table's stream=auto: true or false), which the run's
+    config records, so that a resume, eval.py and predict.py build the data as the run had it."""
+
+    def settled(self) -> dict: ...
 
 
 class Described(Protocol):
@@ -318,6 +327,10 @@ def loaders_per_epoch(data: L.LightningDataModule) -> bool:
     return provides(data, EpochLoaders) and data.loaders_per_epoch
 
 
+def settled(data: L.LightningDataModule) -> dict:
+    return data.settled() if provides(data, Settled) else {}
+
+
 def full_batch(data: L.LightningDataModule | None) -> bool:
     """Whether every training epoch is one batch (one optimizer step per data epoch)."""
     return provides(data, FastBatches) and data.full_batch
@@ -334,12 +347,34 @@ def index_inputs(data: L.LightningDataModule) -> bool:
 
 
 def record(data: L.LightningDataModule) -> dict:
-    """What a checkpoint keeps of the data as plain values (checkpoints.ResumeState): its input
+    """What a checkpoint keeps of the data as plain values (checkpoints.ResumeState, under RECORD): its input
     normalisation, and whether inputs are symbol indices, for predict.py and for the checks of a resume."""
     kept: dict = {"index_inputs": index_inputs(data)}
     if (found := normalisation(data)) is not None:
         kept["x_shift"], kept["x_scale"] = (t.tolist() for t in found)
     return kept
+
+
+def saved_index_inputs(values: dict) -> bool:
+    """Whether a loaded checkpoint's data had symbol-index inputs."""
+    return bool(values.get(RECORD, {}).get("index_inputs"))
+
+
+def saved_normalisation(values: dict) -> tuple[Tensor, Tensor] | None:
+    """(x_shift, x_scale) that a loaded checkpoint's data normalised its inputs with, else None."""
+    kept = values.get(RECORD, {})
+    return (torch.tensor(kept["x_shift"]), torch.tensor(kept["x_scale"])) if "x_shift" in kept else None
+
+
+def normalisation_change(values: dict, data: L.LightningDataModule) -> str | None:
+    """'x_shift [..] vs [..]' where the data normalises otherwise than the loaded checkpoint's did."""
+    saved, now = saved_normalisation(values), normalisation(data)
+    if saved is None or now is None:
+        return None
+    for name, before, after in zip(("x_shift", "x_scale"), saved, now, strict=True):
+        if not torch.allclose(before, after.cpu()):
+            return f"{name} {before.tolist()} vs {after.tolist()}"
+    return None
 
 
 def batches(data: L.LightningDataModule, split: str, chunk: int = 1 << 16) -> Iterator[tuple[Tensor, Tensor]]:

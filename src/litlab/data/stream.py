@@ -32,10 +32,17 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from litlab.data.base import SHUFFLES, check_sizes, shift_and_scale, split_sizes
+from litlab.data.base import SHUFFLES, asked_of, check_sizes, shift_and_scale, split_sizes
 from litlab.data.contract import TASKS
 from litlab.data.files import FLOAT32_MAX, require
-from litlab.data.table import MAX_CLASSES, feature_columns, target_tasks
+from litlab.data.table import (
+    MAX_CLASSES,
+    delimiter_of,
+    feature_columns,
+    numeric,
+    target_hint,
+    target_tasks,
+)
 from litlab.errors import ConfigError, flat
 
 log = logging.getLogger(__name__)
@@ -92,11 +99,7 @@ def parquet_of(path: Path) -> Path:
     if target.is_file() and target.stat().st_mtime >= path.stat().st_mtime:
         return target
     log.info(f"data=table: converting {path} to {target} once, to stream it")
-    delimiter = "\t" if path.suffix == ".tsv" else None
-    with open(path, "rb") as f:
-        header = f.readline()
-    delimiter = delimiter or (";" if header.count(b";") > header.count(b",") else ",")
-    parse = csv.ParseOptions(delimiter=delimiter)
+    parse = csv.ParseOptions(delimiter=delimiter_of(path))
     try:  # numbers as float64 in every block (the first block's guess of int64 would refuse 1.5 later)
         first = csv.open_csv(path, parse_options=parse).read_next_batch()
         types = {f.name: pa.float64() if numeric(f.type) else pa.string() for f in first.schema}
@@ -113,10 +116,6 @@ def parquet_of(path: Path) -> Path:
             "data.stream=false"
         ) from e
     return target
-
-
-def numeric(kind: pa.DataType) -> bool:
-    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def units_of(path: Path) -> list[Unit]:
@@ -268,7 +267,8 @@ def scan(
         train = labels == 0
         if numbers:
             x = np.stack([rows.column(c).to_numpy(zero_copy_only=False) for c in numbers])
-            moments.add(x.astype(np.float32)[:, train].T)  # the values as float32 holds them, as in memory
+            # the values as float32 holds them, as in memory
+            moments.add(x.astype(np.float32, copy=False)[:, train].T)
         for name in categorical:
             values = rows.column(name).to_numpy(zero_copy_only=False)
             seen[name].update(np.unique(values).tolist())
@@ -281,7 +281,7 @@ def scan(
             classes = classes if len(classes) <= MAX_CLASSES else None
     levels = {c: np.array(sorted(seen[c])) for c in categorical}
     mean, std, k = [], [], 0
-    n_train = int(counts[:, 0].sum())
+    n_train, number_std = int(counts[:, 0].sum()), moments.std()
     for name in columns:  # in the model's order: one-hot levels from their counts, numbers from moments
         if name in levels:
             p = np.array([level_counts[name].get(v, 0) for v in levels[name].tolist()]) / max(n_train, 1)
@@ -289,7 +289,7 @@ def scan(
             std += list(np.sqrt(p * (1 - p) * n_train / max(n_train - 1, 1)))
         else:
             mean.append(moments.mean[k])
-            std.append(moments.std()[k])
+            std.append(number_std[k])
             k += 1
     values = np.array(sorted(classes)) if classes is not None else np.array([])
     rows_per_class = np.array([classes[v] for v in values.tolist()]) if classes is not None else np.array([])
@@ -487,17 +487,17 @@ class StreamedTable(L.LightningDataModule):
         found = self.survey()
         classes = found.layout.classes
         poses = target_tasks(classes, found.numeric_target) if len(classes) else ["regression"]
-        if self.asked is None:
-            return poses
-        if self.asked not in poses:
-            raise ConfigError(f"data.task={self.asked}: data={self.name} poses a {' or '.join(poses)} task")
-        return [self.asked]
+        return asked_of(poses, self.asked, self.name)
 
     def pose(self, task: str) -> None:
         self.task = task
 
     def mismatch_hint(self) -> str:
-        return f"its target column {self.target} poses no other task: choose another data.target"
+        return target_hint(self.target)
+
+    def settled(self) -> dict:
+        """contract.Settled: streamed (data.stream=auto decided so, or true)."""
+        return {"stream": True}
 
     def setup(self, stage: str | None = None) -> None:
         found = self.survey()

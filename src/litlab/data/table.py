@@ -96,15 +96,16 @@ def read_file(path: Path, delimiter: str) -> pa.Table:
         ) from e
 
 
-def is_numeric(column: pa.ChunkedArray) -> bool:
-    return pa.types.is_integer(column.type) or pa.types.is_floating(column.type)
+def numeric(kind: pa.DataType) -> bool:
+    """Whether a column of this Arrow type holds numbers (integers or floats)."""
+    return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
 def numbers(table: pa.Table, path: Path, name: str, delimiter: str) -> np.ndarray:
     """A numeric column as float64, every cell a finite number float32 holds; else one line naming the
     first bad cell (its line, for a text file)."""
     column = table.column(name)
-    values = column.to_numpy(zero_copy_only=False).astype(np.float64) if is_numeric(column) else None
+    values = column.to_numpy(zero_copy_only=False).astype(np.float64) if numeric(column.type) else None
     good = None if values is None else np.isfinite(values) & (np.abs(values) < FLOAT32_MAX)
     if good is not None and good.all():
         return values
@@ -133,15 +134,20 @@ def levels(table: pa.Table, path: Path, name: str) -> tuple[list, np.ndarray]:
     return found.tolist(), index
 
 
-def target_tasks(distinct: np.ndarray, numeric: bool) -> list[str]:
+def target_tasks(distinct: np.ndarray, of_numbers: bool) -> list[str]:
     """The tasks a target's distinct values pose, the preferred first: numbers regression (whole numbers
     also classes; 0 and 1 binary first); words classes (two words binary first)."""
-    if not numeric:
+    if not of_numbers:
         return ["binary", "multiclass"] if len(distinct) == 2 else ["multiclass"]
     if set(distinct.tolist()) == {0.0, 1.0}:
         return ["binary", "regression"]
     whole = len(distinct) <= MAX_CLASSES and bool((distinct == distinct.round()).all())
     return ["regression", "multiclass"] if whole else ["regression"]
+
+
+def target_hint(target: str) -> str:
+    """What to change where a table's target poses no task the model fits."""
+    return f"its target column {target} poses no other task: choose another data.target"
 
 
 def feature_columns(
@@ -151,8 +157,8 @@ def feature_columns(
     file's order); categorical ones are one-hot encoded in place."""
     names = schema.names
     if features is None:
-        numeric = {f.name for f in schema if pa.types.is_integer(f.type) or pa.types.is_floating(f.type)}
-        kept = [c for c in names if c != target and (c in categorical or c in numeric)]
+        numeric_names = {f.name for f in schema if numeric(f.type)}
+        kept = [c for c in names if c != target and (c in categorical or c in numeric_names)]
         left = [c for c in names if c not in kept and c != target]
         if left:
             log.info(f"data=table: {', '.join(left)} not numbers, left out (data.categorical encodes them)")
@@ -227,13 +233,17 @@ class TableData(TensorDataModule):
 
     def poses(self) -> list[str]:
         column = self.read_all().column(self.target)
-        if not is_numeric(column):
-            return target_tasks(np.array(levels(self.table, self.path, self.target)[0]), numeric=False)
+        if not numeric(column.type):
+            return target_tasks(np.array(levels(self.table, self.path, self.target)[0]), of_numbers=False)
         values = numbers(self.table, self.path, self.target, self.delimiter)
-        return target_tasks(np.unique(values), numeric=True)
+        return target_tasks(np.unique(values), of_numbers=True)
 
     def mismatch_hint(self) -> str:
-        return f"its target column {self.target} poses no other task: choose another data.target"
+        return target_hint(self.target)
+
+    def settled(self) -> dict:
+        """contract.Settled: read whole (data.stream=auto decided so, or false)."""
+        return {"stream": False}
 
     def columns(self) -> list[str]:
         table = self.read_all()
