@@ -1,6 +1,7 @@
 # make install | data | train | test | test-quick | cluster-test | lint | bench | tensorboard | clean
 # `make train` and `make test` set up what they need on first use: a virtual environment in .venv (or the
-# one that is active), torch's CPU build where there is no GPU, and this package with its test tools.
+# one that is active), torch's CPU build where there is no GPU, and this package; `make test` (and lint,
+# bench) add the test tools.
 VENV ?= $(if $(VIRTUAL_ENV),$(VIRTUAL_ENV),.venv)
 PYTHON ?= $(VENV)/bin/python
 TORCH_VERSION ?= 2.13.0
@@ -9,6 +10,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TB_PORT ?= 6006
 LOGDIR ?= logs
 INSTALLED := $(VENV)/.litlab-installed
+DEV := $(VENV)/.litlab-dev
 
 .PHONY: install data train test test-quick cluster-test lint format tensorboard bench clean
 
@@ -20,11 +22,16 @@ $(INSTALLED): pyproject.toml | $(VENV)/bin/python
 	@if $(PYTHON) -c "import torch" 2>/dev/null; then echo "torch already installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"; \
 	else $(PYTHON) -m pip install --retries 1 --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)+cpu"; fi
+	$(PYTHON) -m pip install -e .
+	@touch $@
+
+# The test tools (pytest, ruff, selenium, psycopg, optuna-dashboard) on top.
+$(DEV): $(INSTALLED)
 	$(PYTHON) -m pip install -e ".[dev]"
 	@touch $@
 
 install:
-	@rm -f $(INSTALLED)
+	@rm -f $(INSTALLED) $(DEV)
 	@$(MAKE) --no-print-directory $(INSTALLED)
 
 # The real datasets (wine, bike, text) into data/, each checked against its SHA-256 in data/README.md.
@@ -34,23 +41,23 @@ data: $(INSTALLED)
 train: $(INSTALLED)
 	$(PYTHON) train.py
 
-test: $(INSTALLED)
+test: $(DEV)
 	$(PYTHON) -m pytest
 
 # The inner loop: everything but the end-to-end runs marked slow.
-test-quick: $(INSTALLED)
+test-quick: $(DEV)
 	$(PYTHON) -m pytest -m "not slow"
 
 # SLURM (a two-node cluster on this host: apt-get install slurm-wlm munge; as root) and multi-node DDP
 # through srun and torchrun; also part of `make test`, which skips the SLURM ones where it cannot start.
-cluster-test: $(INSTALLED)
+cluster-test: $(DEV)
 	$(PYTHON) -m pytest -m cluster -v
 
-lint: $(INSTALLED)
+lint: $(DEV)
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
 
-format: $(INSTALLED)
+format: $(DEV)
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
 

@@ -1,20 +1,30 @@
 """Every bad setting is refused before training in one line that says what to type instead."""
 
+import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from litlab import signatures
 from litlab.checks import check_config, device_count
 from litlab.errors import ConfigError, UserError, one_line, user_error
 from litlab.train import train
 from tests.conftest import CONF, compose_train
 
 BAD = [
-    (["optimizer.lr=fast"], "optimizer.lr='fast' is not a number: try optimizer.lr=0.01"),
+    (["optimizer.lr=fast"], "optimizer.lr='fast' is not a number"),
+    (["data.batch_size=abc"], "data.batch_size='abc' is not an integer"),  # and no value merely valid
+    (
+        ["model=mlp", "model.net.hidden=8"],
+        "model.net.hidden=8 is not a list of integers: try model.net.hidden=[8]",
+    ),
+    (["trainer.max_epochs=3.0"], "trainer.max_epochs=3.0 is not an integer: try trainer.max_epochs=3"),
     (["optimizer.lr=0"], "optimizer.lr=0 must be > 0"),
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1 must be > 0"),
     (["optimizer.weight_decay=-1"], "optimizer.weight_decay=-1 must be >= 0"),
@@ -116,6 +126,65 @@ def test_hydra_composition_errors_become_one_line():
     )
     for message in (composition_error("optimizer.lr=[1"), composition_error("optimizer.lr=1,2")):
         assert message and "\n" not in message
+    assert "did you mean optimizer.lr?" in composition_error("lr=0.1")  # a key deeper down
+    assert "did you mean trainer.max_epochs?" in composition_error("max_epochs=3")
+
+
+def test_the_written_signatures_match_the_installed_packages_and_our_sources():
+    """signatures.json is what checks.py reads instead of importing torch and Lightning: a changed
+    signature (an upgrade, an argument added to one of ours) fails here first."""
+    saved = json.loads(signatures.FILE.read_text())
+    assert saved == json.loads(json.dumps(signatures.written())), "run: python -m litlab.signatures"
+    assert {"lightning.Trainer", "torch.optim.SGD", "litlab.data.wine.WineData"} <= set(saved["targets"])
+
+
+def test_a_signature_whose_source_changed_or_whose_package_differs_is_read_live(monkeypatch):
+    stale = {"arguments": {}, "sources": {"litlab/nets.py": "0" * 64}}
+    monkeypatch.setattr(signatures, "known", lambda: {"litlab.nets.MLP": stale})
+    assert "hidden" in signatures.arguments("litlab.nets.MLP")
+    monkeypatch.undo()
+    monkeypatch.setattr(signatures, "versions", lambda: {"torch": "0.0", "lightning": "0.0"})
+    signatures.known.cache_clear()
+    assert signatures.known() == {}
+    monkeypatch.undo()
+    signatures.known.cache_clear()
+    assert signatures.known()
+
+
+TYPED_MISTAKES = """
+import sys
+from hydra import compose, initialize_config_dir
+from litlab.checks import check_config
+from litlab.errors import ConfigError
+for overrides in {mistakes!r}:
+    with initialize_config_dir({conf!r}, version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/x", *overrides])
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        print(e)
+print(sorted(m for m in ("torch", "lightning") if m in sys.modules))
+"""
+
+
+def test_typed_mistakes_in_lightning_and_data_arguments_are_answered_without_torch_or_lightning():
+    mistakes = [
+        ["trainer.max_epochs=abc"],
+        ["trainer.precision=33"],
+        ["data=wine", "data.batch_size=abc"],
+        ["logger=csv", "+logger.csv.flush_logs_every_n_steps=often"],
+        ["callbacks.early_stopping.patience=soon"],
+        ["callbacks.model_checkpoint.save_top_k=x"],
+        ["scheduler=step", "scheduler.step_size=abc"],
+        ["optimizer=adam", "optimizer.betas=[0.9,fast]"],
+    ]
+    code = TYPED_MISTAKES.format(mistakes=mistakes, conf=str(CONF))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == len(mistakes) + 1 and all("is not" in line for line in lines[:-1]), out
+    assert lines[-1] == "[]", f"imported {lines[-1]}"
 
 
 # The config space of the randomised test: (valid values, typos and out-of-range values) per override.

@@ -22,31 +22,34 @@ def answer(proc: subprocess.Popen) -> tuple[str, set[str]]:
 
 
 ANSWERS = {  # what a user types: the start of the answer
-    "--help": "== Configuration groups ==",
+    "--help": "python train.py [group=option ...] [key=value ...]",
     "model=foo": "error: there is no model=foo",
     "optimizer.lrr=0.1": "error: optimizer.lrr is not a key of optimizer",
+    "lr=0.1": "did you mean optimizer.lr?",
     "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number",
     "optimizer.lr=-1": "error: optimizer.lr=-1 must be > 0",
     "trainer.max_epochs=0": "error: trainer.max_epochs=0 must be >= 1",
+    "trainer.max_epochs=abc": "error: trainer.max_epochs='abc' is not an integer",
+    "data.batch_size=abc": "error: data.batch_size='abc' is not an integer",
     "seed=-1": "error: seed=-1 must be in [0, 2**32)",
     "data.val_fraction=2": "error: data.val_fraction=2 must be in [0, 1)",
 }
 
 
 @pytest.mark.slow
-def test_mistakes_and_help_are_answered_before_lightning_is_imported(tmp_path):
+def test_mistakes_and_help_are_answered_before_torch_is_imported(tmp_path):
+    """Lightning's and torch's signatures are written down (litlab/signatures.py): no import to read them."""
     imports = {"PYTHONPROFILEIMPORTTIME": "1"}  # Python's import log, on stderr
-    procs = {arg: start(tmp_path, arg, **imports) for arg in [*ANSWERS, "trainer.max_epochs=abc"]}
+    procs = {arg: start(tmp_path, arg, **imports) for arg in ANSWERS}
     for arg, expected in ANSWERS.items():
         printed, modules = answer(procs[arg])
         assert expected in printed, arg
-        assert "hydra" in modules and not {m for m in modules if m.split(".")[0] == "lightning"}, arg
-        if arg.startswith(("--", "model=", "optimizer.lrr")):  # composing alone: not even torch
-            assert "torch" not in modules, arg
-    # A type error in one of Lightning's own arguments: its signature is the schema (litlab.checks).
-    printed, modules = answer(procs["trainer.max_epochs=abc"])
-    assert "error: trainer.max_epochs='abc' is not an integer" in printed
-    assert "lightning.pytorch.trainer.trainer" in modules
+        assert "hydra" in modules and not {m for m in modules if m.split(".")[0] in ("lightning", "torch")}, (
+            arg
+        )
+    help_text, _ = answer(start(tmp_path, "--help"))
+    for part in ("model: linear, logistic, mlp", "resume=<run dir>", "python eval.py", "python predict.py"):
+        assert part in help_text
 
 
 def on_terminal(root, **env: str) -> tuple[subprocess.Popen, int]:
@@ -94,3 +97,20 @@ def test_a_gap_is_never_below_zero():
     assert gap(2.25158 * (1 + 2**-23), 2.25158) == 0.0  # and above it: at the optimum all the same
     assert gap(2.5, 2.25) == pytest.approx(0.25)
     assert gap(1.0, 1.5) == 0.0  # below an approximate reference (L-BFGS): at it
+
+
+def test_make_train_installs_what_training_needs_and_make_test_adds_the_test_tools(tmp_path):
+    def installs(target: str) -> list[str]:
+        plan = subprocess.run(
+            ["make", "-n", target, f"VENV={tmp_path}/venv"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [
+            line.split("pip install", 1)[1].strip() for line in plan.splitlines() if "pip install -e" in line
+        ]
+
+    assert installs("train") == ["-e ."]
+    assert installs("test") == ["-e .", '-e ".[dev]"']

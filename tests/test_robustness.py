@@ -55,7 +55,7 @@ def test_bad_command_lines_fail_in_one_line_and_full_error_shows_the_traceback(t
     cases = {
         "model=foo": "error: there is no model=foo: the model options are linear, logistic",
         "optimizer.lrr=0.1": "error: optimizer.lrr is not a key of optimizer (its keys: lr, momentum",
-        "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number: try optimizer.lr=0.01",
+        "optimizer.lr=fast": "error: optimizer.lr='fast' is not a number",
         "trainer=mps": "error: trainer.accelerator=mps is not available here",
     }
     elsewhere = tmp_path / "not_a_run"  # say, the home directory: resume= must write nothing into it

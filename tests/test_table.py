@@ -8,7 +8,8 @@ import pytest
 import torch
 from pyarrow import csv, parquet
 
-from litlab.data.contract import TASKS, choose_task
+from litlab.checks import TASKS
+from litlab.data.contract import choose_task
 from litlab.data.table import TableData
 from litlab.errors import ConfigError
 from litlab.train import train

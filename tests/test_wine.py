@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from litlab.data.contract import TASKS, choose_task
+from litlab.checks import TASKS
+from litlab.data.contract import choose_task
 from litlab.data.wine import FEATURES, WineData, read_wine
 from litlab.errors import ConfigError
 from litlab.train import train

@@ -3,63 +3,60 @@
 The constructor signature is the schema: every key under data, model, optimizer, trainer, logger and
 callbacks must be an argument of its `_target_`, with a value of the annotated type.
 
-train.py checks before it imports Lightning (seconds): what needs only torch's classes, and every range,
-comes first, so that most mistakes are answered in a second or two. Lightning is imported only where a
-check reads a class built on it: the data and task modules', the Trainer's and callbacks' arguments, the
-accelerators."""
+train.py checks before it imports torch or Lightning: the signatures of the configs' targets are written
+down (signatures.py), so that every argument's name, type and range is answered in about half a second.
+torch is imported for its optimizers' own checks, Lightning for the accelerators, and either where a config
+names a class of one's own (its signature is read from the class)."""
 
 import difflib
-import inspect
 import os
-import types
-import typing
-from collections import abc
 from collections.abc import Iterator
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from litlab.errors import ConfigError
+from litlab.signatures import arguments
 
-PRIMITIVES = (str, int, float, bool)
+TASKS = ("regression", "binary", "multiclass")
+# YAML keys that declare the problem for a data module whose constructor takes no such argument.
+DECLARED = ("task", "in_features", "out_features", "num_classes")
 
 
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that would only fail, or silently mislead, deep inside a run."""
     check_top_level(cfg)
-    for where, node in targets(cfg, TORCH_ONLY):
+    for where, node in targets(cfg, GROUPS):
         check_arguments(where, node)
-    check_ranges(cfg)  # before the optimizer is built: torch's first optimizer imports torch._dynamo (~1.4 s)
-    check_optimizer(cfg.optimizer)
-    for where, node in targets(cfg, ("data", "model", "stepping", "trainer", "logger", "callbacks")):
-        check_arguments(where, node)
+    check_ranges(cfg)
+    check_optimizer(cfg.optimizer)  # the first to import torch (its optimizer's own checks)
     if isinstance(cfg.trainer.accelerator, str):
         check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
     if HydraConfig.initialized():
         check_multirun_strategy(cfg.trainer, HydraConfig.get())
 
 
-# Config nodes whose _target_ imports torch but not Lightning: checked first.
-TORCH_ONLY = ("optimizer", "scheduler", "model.net")
+# The config nodes that Hydra instantiates, checked against their signatures (signatures.py).
+GROUPS = ("optimizer", "scheduler", "model.net", "data", "model", "stepping", "trainer", "logger", "callbacks")
 
 
 def check_ranges(cfg: DictConfig) -> None:
     """Values in range; one of the wrong type is left to check_arguments, which names the type."""
     for key, value in (cfg.get("stepping") or {}).items():
-        if key in ("epochs", "batches", "log_every_n_epochs") and not (fits(value, int) and value >= 1):
+        if key in ("epochs", "batches", "log_every_n_epochs") and not (fits(value, "int") and value >= 1):
             raise ConfigError(f"stepping.{key}={value} must be a whole number >= 1")
     for key in ("max_epochs", "check_val_every_n_epoch"):
         value = cfg.trainer.get(key)
-        if value is None or fits(value, int) and value < 1:
+        if value is None or fits(value, "int") and value < 1:
             raise ConfigError(f"trainer.{key}={value} must be >= 1")
     for name, node in (cfg.get("callbacks") or {}).items():  # Lightning's EarlyStopping takes a negative one
         patience = node.get("patience") if isinstance(node, DictConfig) else None
-        if fits(patience, int) and patience < 0:
+        if fits(patience, "int") and patience < 0:
             raise ConfigError(f"callbacks.{name}.patience={patience} must be >= 0 validation checks: try 10")
     fraction = cfg.data.get("val_fraction", 0.2)
-    if fits(fraction, float) and not 0 <= fraction < 1:
+    if fits(fraction, "float") and not 0 <= fraction < 1:
         raise ConfigError(
             f"data.val_fraction={fraction} must be in [0, 1) (0 holds nothing out, as "
             "experiment=book_temperature does): try data.val_fraction=0.2"
@@ -85,16 +82,14 @@ def targets(cfg: DictConfig, groups: tuple[str, ...]) -> Iterator[tuple[str, Dic
 
 
 def check_arguments(where: str, node: DictConfig) -> None:
-    """Each key is a parameter of the node's _target_ and its value fits the parameter's annotation."""
+    """Each key is a parameter of the node's _target_ and its value fits the parameter's annotation
+    (signatures.py: written down for the targets of conf/, so that no torch or Lightning import is needed)."""
     try:
-        target = get_object(node._target_)
+        accepted = arguments(node._target_)
     except Exception as e:
         raise ConfigError(f"{where}._target_={node._target_} cannot be imported: {e}") from e
-    accepted = parameters(target)
     declared = {}
     if where == "data":  # a data module's task and sizes, where it takes no such argument (data/contract.py)
-        from litlab.data.contract import DECLARED, check_declared
-
         declared = {k: node[k] for k in DECLARED if k in node and accepted is not None and k not in accepted}
         check_declared(declared)
     for key, value in node.items():
@@ -106,95 +101,103 @@ def check_arguments(where: str, node: DictConfig) -> None:
             hint = f"did you mean {where}.{close[0]}? " if close else ""
             taken = ", ".join(accepted)
             raise ConfigError(f"{where}.{key} is not an argument of {node._target_}: {hint}it takes {taken}")
-        hint = (accepted or {}).get(key, typing.Any)
+        hint = (accepted or {}).get(key, "any")
         if not fits(value, hint):
-            raise ConfigError(
-                f"{where}.{key}={value!r} is not {describe(hint)}{example(f'{where}.{key}', hint)}"
-            )
+            right = example(f"{where}.{key}", hint, value)
+            raise ConfigError(f"{where}.{key}={value!r} is not {describe(hint)}{right}")
 
 
-def parameters(target) -> dict[str, object] | None:
-    """Named arguments -> annotation of a callable, or None when it takes any keyword (**kwargs).
-
-    Our own classes (litlab.*) pass their **kwargs on to their base class, so its arguments count too."""
-    found: dict[str, object] = {}
-    ours = isinstance(target, type) and target.__module__.startswith("litlab.")
-    chain = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if ours else [target]
-    if isinstance(target, type) and not ours:
-        chain = [target.__init__]
-    for fn in chain:
-        try:
-            hints = typing.get_type_hints(fn)
-        except Exception:  # an annotation that does not resolve here: skip the type check, keep the names
-            hints = {}
-        params = inspect.signature(fn).parameters.values()
-        for p in params:
-            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
-                found.setdefault(p.name, hints.get(p.name, typing.Any))
-        if not any(p.kind is p.VAR_KEYWORD for p in params):
-            return found
-    return None
+def kind(value: object) -> str:
+    """The kind of a config value, as signatures.SAMPLES names them."""
+    if isinstance(value, ListConfig | list | tuple):
+        return "list"
+    kinds = {bool: "bool", int: "int", float: "float", str: "str", type(None): "none"}
+    return kinds.get(type(value), "other")
 
 
 def fits(value: object, hint: object) -> bool:
-    """Whether a config value can be passed where `hint` is annotated (unknown hints accept anything)."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is typing.Any or isinstance(hint, typing.TypeVar):
-        return True
-    if origin in (typing.Union, types.UnionType):
-        return any(fits(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is type(None):
-        return value is None
-    if hint in (bool, str):
-        return isinstance(value, hint)
-    if hint in (int, float):  # bool is an int to Python, never to a user
-        return isinstance(value, int if hint is int else int | float) and not isinstance(value, bool)
-    if origin in (list, tuple, abc.Sequence, abc.MutableSequence) or hint in (list, tuple):
-        return isinstance(value, ListConfig | list | tuple) and items_fit(value, origin, args)
-    if isinstance(hint, type) and not isinstance(value, DictConfig):  # a DictConfig may be a nested _target_
-        return isinstance(value, hint) or (issubclass(hint, os.PathLike) and isinstance(value, str))
-    return True
+    """Whether a config value can be passed where the encoded annotation `hint` is (signatures.encode)."""
+    if isinstance(hint, str):
+        if hint in ("bool", "str"):
+            return isinstance(value, bool if hint == "bool" else str)
+        if hint in ("int", "float"):  # bool is an int to Python, never to a user
+            return isinstance(value, int if hint == "int" else int | float) and not isinstance(value, bool)
+        return value is None if hint == "none" else True
+    if "union" in hint:
+        return any(fits(value, a) for a in hint["union"])
+    if "literal" in hint:
+        return value in hint["literal"]
+    if "list" in hint or "tuple" in hint:
+        if not isinstance(value, ListConfig | list | tuple):
+            return False
+        if "tuple" in hint:
+            items = hint["tuple"]
+            return len(value) == len(items) and all(fits(v, a) for v, a in zip(value, items, strict=True))
+        return all(fits(v, hint["list"]) for v in value)
+    return isinstance(value, DictConfig) or kind(value) in hint["accepts"]  # a DictConfig: a nested _target_
 
 
-def items_fit(value, origin, args) -> bool:
-    if not args:
-        return True
-    if origin is tuple and args[-1] is not Ellipsis:
-        return len(value) == len(args) and all(fits(v, a) for v, a in zip(value, args, strict=True))
-    return all(fits(v, args[0]) for v in value)
+NAMES = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string", "none": "null"}
+PLURALS = {"int": "integers", "float": "numbers", "bool": "trues or falses", "str": "strings"}
 
 
 def describe(hint: object) -> str:
-    """'a number', 'one of 32-true, 16-mixed', ... for an error message; plain values before classes."""
-    origin, args = typing.get_origin(hint), [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin is typing.Literal or args and all(typing.get_origin(a) is typing.Literal for a in args):
-        values = [v for a in args for v in (typing.get_args(a) or [a])]
-        return "one of " + ", ".join(dict.fromkeys(map(str, values)))
-    if origin is tuple:
-        return "[" + ", ".join(describe(a) for a in args) + "]"
-    if origin is list:
-        return f"a list of {describe(args[0])}"
-    if args:
-        plain = [a for a in args if a in PRIMITIVES or typing.get_origin(a) is typing.Literal] or args
-        return " or ".join(describe(a) for a in plain)
-    name = getattr(hint, "__name__", str(hint))
-    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
-        name, f"a {name}"
-    )
+    """'a number', 'one of 32-true, 16-mixed', 'a list of integers' for an error message; plain values
+    before classes."""
+    if isinstance(hint, str):
+        return NAMES.get(hint, "anything")
+    if "literal" in hint:
+        return "one of " + ", ".join(dict.fromkeys(map(str, hint["literal"])))
+    if "tuple" in hint:
+        return "[" + ", ".join(describe(a) for a in hint["tuple"]) + "]"
+    if "list" in hint:
+        item = hint["list"]
+        return f"a list of {PLURALS[item]}" if item in PLURALS else f"a list of {describe(item)}"
+    if "class" in hint:
+        return f"a {hint['class']}"
+    options = [a for a in hint["union"] if a != "none"]
+    if options and all(isinstance(a, dict) and "literal" in a for a in options):
+        return describe({"literal": [v for a in options for v in a["literal"]]})
+    plain = [a for a in options if isinstance(a, str) or "literal" in a] or options
+    return " or ".join(describe(a) for a in plain)
 
 
-def example(key: str, hint: object) -> str:
-    """': try optimizer.lr=0.01' where a number or a flag fits, else nothing."""
-    for value, shown in ((0.01, "0.01"), (1, "1"), (True, "true")):
-        if fits(value, hint):
-            return f": try {key}={shown}"
+def example(key: str, hint: object, value: object) -> str:
+    """The right form of what was typed, where there is one: ': try model.net.hidden=[8]' for a number where
+    a list is wanted, ': try trainer.max_epochs=3' for 3.0. Never a value merely because it is valid."""
+    forms = []
+    if kind(value) in ("int", "float", "bool", "str"):
+        forms.append([value])
+    if isinstance(value, float) and value.is_integer():
+        forms.append(int(value))
+    if isinstance(value, ListConfig) and len(value) == 1:
+        forms.append(value[0])
+    for form in forms:
+        if fits(form, hint):
+            return f": try {key}={typed(form)}"
     return ""
 
 
+def typed(value: object) -> str:
+    """A value as one types it on the command line: [8], true, 0.01."""
+    if isinstance(value, list):
+        return "[" + ",".join(map(typed, value)) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def check_declared(declared: dict) -> None:
+    """Declared values in range: a task of TASKS, sizes of at least 1 (2 classes)."""
+    task = declared.get("task")
+    if task is not None and task not in TASKS:
+        raise ConfigError(f"data.task={task} is not a task: choose one of {', '.join(TASKS)}")
+    for key in ("in_features", "out_features", "num_classes"):
+        value, least = declared.get(key), 2 if key == "num_classes" else 1
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise ConfigError(f"data.{key}={value} must be a whole number >= {least}")
+
+
 def check_top_level(cfg: DictConfig) -> None:
-    for key, hint in (("seed", int), ("optimized_metric", str)):
+    for key, hint in (("seed", "int"), ("optimized_metric", "str")):
         if not fits(cfg[key], hint):
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
     if not 0 <= cfg.seed < 2**32:  # numpy's seed range, which Lightning's seed_everything seeds too

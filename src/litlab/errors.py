@@ -77,19 +77,35 @@ def one_line(error: BaseException) -> str | None:
 
 
 def unknown_key(error: OmegaConfBaseException) -> str | None:
-    """'optimizer.lrr is not a key of optimizer: did you mean lr? ...' for an override of a missing key."""
+    """'optimizer.lrr is not a key of optimizer: did you mean lr? ...' for an override of a missing key;
+    'lr ...: did you mean optimizer.lr?' where the key exists deeper down."""
     node, key = error.parent_node, error.key
     if node is None or key is None or not hasattr(node, "keys"):
         return None
     keys = [k for k in node if not str(k).startswith("_") and k != "hydra"]
     parent = error.full_key.rpartition(".")[0]
     where = f"of {parent}" if parent else "at the top level"
-    close = difflib.get_close_matches(str(key), keys, n=1)
-    hint = f"did you mean {close[0]}? " if close else ""
+    deeper = [f"{parent}.{path}" if parent else path for path in paths_to(node, str(key))]
+    close = deeper or difflib.get_close_matches(str(key), keys, n=1)
+    hint = f"did you mean {' or '.join(close[:3])}? " if close else ""
     return (
         f"{error.full_key} is not a key {where} (its keys: {', '.join(map(str, keys))}): {hint}"
         f"to add a new one on purpose, use +{error.full_key}=..."
     )
+
+
+def paths_to(node: object, key: str, prefix: str = "") -> list[str]:
+    """The dotted paths below a config node whose last key is `key` (Hydra's own node left out)."""
+    found = []
+    for child in node if hasattr(node, "keys") else ():
+        if child == "hydra" or str(child).startswith("_"):
+            continue
+        value = node._get_node(child)
+        if str(child) == key and prefix:
+            found.append(f"{prefix}{child}")
+        if hasattr(value, "keys"):
+            found += paths_to(value, key, f"{prefix}{child}.")
+    return found
 
 
 def flat(message: str) -> str:

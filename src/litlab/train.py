@@ -28,10 +28,9 @@ from litlab.checkpoints import (
     logger_kwargs,
     resumed_run,
 )
-from litlab.checks import check_config, parameters
+from litlab.checks import TASKS, check_config
 from litlab.cockpit import TensorBoard
 from litlab.data.contract import (
-    TASKS,
     Problem,
     TaskMismatch,
     choose_task,
@@ -47,6 +46,7 @@ from litlab.data.contract import (
 from litlab.entry import hold
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
+from litlab.signatures import arguments
 from litlab.stepping import FastSteps, epochs_trained, refuse
 from litlab.sweep import swept_keys, write_result
 
@@ -202,7 +202,7 @@ def build_data(cfg: DictConfig) -> tuple[L.LightningDataModule, Problem]:
     """The configured data, set up, posing the first task that the model fits (else one line naming both),
     with its task and sizes (data/contract.py): they come from the data before the model exists."""
     fits = [str(t) for t in cfg.model.get("tasks", TASKS)]
-    node, declared = split_declared(cfg.data, parameters(get_class(cfg.data._target_)))
+    node, declared = split_declared(cfg.data, arguments(cfg.data._target_))
     try:
         data = instantiate(node)
         for key, value in settled(data).items():  # recorded: a resume or eval builds the data alike
@@ -235,7 +235,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Pr
 
 def takes(cfg: DictConfig, argument: str) -> bool:
     """Whether the model's constructor takes this argument (or any, through **kwargs)."""
-    accepted = parameters(get_class(cfg.model._target_))
+    accepted = arguments(cfg.model._target_)
     return accepted is None or argument in accepted
 
 
@@ -248,7 +248,7 @@ def accepted_arguments(cfg: DictConfig, given: dict) -> dict:
     """What the model's constructor takes of the optimizer, scheduler and the data's sizes. A model written
     as Lightning's docs teach picks its optimizer in configure_optimizers: an optimizer or scheduler typed
     on the command line is then refused, since it would not be used."""
-    accepted = parameters(get_class(cfg.model._target_))
+    accepted = arguments(cfg.model._target_)
     if accepted is None:  # **kwargs
         return given
     typed = [o for o in command_overrides() if o.lstrip("+~").startswith(("optimizer", "scheduler"))]

@@ -7,7 +7,8 @@ import lightning as L
 import torch
 from torch import Tensor
 
-from litlab.data.contract import CLASSIFICATION_DATA, TASKS
+from litlab.checks import TASKS
+from litlab.data.contract import CLASSIFICATION_DATA
 from litlab.errors import ConfigError
 
 SHUFFLES = ("rows", "batches")

@@ -32,13 +32,11 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
+from litlab.checks import DECLARED, check_declared
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TASKS = ("regression", "binary", "multiclass")
-# YAML keys that declare the problem for a data module whose constructor takes no such argument.
-DECLARED = ("task", "in_features", "out_features", "num_classes")
 RECORD = "data"  # the key of a checkpoint's record of its data (record)
 CLASSIFICATION_DATA = "data=wine, data=text, data=classification or data=regression data.preset=toy6"
 
@@ -151,17 +149,6 @@ def split_declared(node: DictConfig, accepted: dict | None) -> tuple[DictConfig,
     check_declared(declared)
     values = OmegaConf.to_container(node, resolve=True)  # resolved here: a copy loses the config's root
     return OmegaConf.create({k: v for k, v in values.items() if k not in declared}), declared
-
-
-def check_declared(declared: dict) -> None:
-    """Declared values in range: a task of TASKS, sizes of at least 1 (2 classes)."""
-    task = declared.get("task")
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"data.task={task} is not a task: choose one of {', '.join(TASKS)}")
-    for key in ("in_features", "out_features", "num_classes"):
-        value, least = declared.get(key), 2 if key == "num_classes" else 1
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
-            raise ConfigError(f"data.{key}={value} must be a whole number >= {least}")
 
 
 def choose_task(data: L.LightningDataModule, fits: list[str]) -> None:

@@ -32,8 +32,8 @@ from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from litlab.checks import TASKS
 from litlab.data.base import SHUFFLES, asked_of, check_sizes, shift_and_scale, split_sizes
-from litlab.data.contract import TASKS
 from litlab.data.files import FLOAT32_MAX, require
 from litlab.data.table import (
     MAX_CLASSES,

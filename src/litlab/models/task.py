@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchmetrics as tm
 from torch import Tensor, nn
 
-from litlab.data.contract import TASKS
+from litlab.checks import TASKS
 from litlab.errors import ConfigError
 from litlab.stepping import FastSteps, metrics_due, optimizer_steps
 
