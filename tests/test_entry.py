@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from litlab.cockpit import gap
-from tests.conftest import ROOT
+from litlab.entry import paths_as_typed
+from tests.conftest import ROOT, run_train
 from tests.test_robustness import start
 
 ESCAPE = "\x1b["
@@ -114,3 +115,30 @@ def test_make_train_installs_what_training_needs_and_make_test_adds_the_test_too
 
     assert installs("train") == ["-e ."]
     assert installs("test") == ["-e .", '-e ".[dev]"']
+
+
+@pytest.mark.slow
+def test_a_sweep_job_resumes_and_evaluates_by_the_path_ls_shows_and_lightning_stays_quiet(tmp_path):
+    run_train(
+        tmp_path, "-m", "hydra/launcher=basic", "model=mlp", "model.net.hidden=[4,4]", "trainer.max_epochs=3"
+    )
+    [job] = (tmp_path / "logs" / "train" / "multiruns").glob("*/0_*")
+    typed = str(job.relative_to(tmp_path))  # 0_model.net.hidden=[4,4],model=mlp,trainer.max_epochs=3
+    assert "=" in job.name and "[" in job.name
+    resumed = run_train(tmp_path, f"resume={typed}", "trainer.max_epochs=6")
+    console = resumed.stdout + resumed.stderr
+    # 6 epochs trained; the path quoted for the shell
+    assert f"go on: python train.py resume='{typed}' trainer.max_epochs=12" in console
+    evaluated = run_train(tmp_path, f"ckpt_path={typed}", script="eval.py")
+    for said in (console, evaluated.stdout + evaluated.stderr):
+        assert not [w for w in ("Checkpoint directory", "Restoring states", "litmodels", "Tip:") if w in said]
+
+
+def test_paths_are_taken_as_typed():
+    typed = ["resume=logs/1_a=b,c=[1,2]", "ckpt_path=runs/x", "optimizer.lr=0.1", "input_file=it's.csv"]
+    assert paths_as_typed(typed) == [
+        "resume='logs/1_a=b,c=[1,2]'",
+        "ckpt_path=runs/x",
+        "optimizer.lr=0.1",
+        "input_file='it\\'s.csv'",
+    ]

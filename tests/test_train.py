@@ -3,6 +3,7 @@
 import json
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -52,7 +53,15 @@ def test_default_run_writes_events_config_and_checkpoints(first_runs):
     tmp_path, proc = first_runs["default"]
     [run] = run_dirs(tmp_path)
     assert run.parent == tmp_path / "logs" / "train" / "runs"
-    assert str(run) in proc.stderr + proc.stdout and "tensorboard --logdir" in proc.stderr + proc.stdout
+    console = proc.stderr + proc.stdout
+    typed = run.relative_to(tmp_path)  # as the shell in root (its working directory) shows it
+    assert f"run directory: {typed}" in console
+    assert (
+        f"view it: {Path(sys.executable).parent / 'tensorboard'} --logdir logs" in console
+    )  # outside a venv too
+    assert console.rstrip().endswith(f"go on: python train.py resume={typed} trainer.max_epochs=2000")
+    assert "\r" not in console and "epoch 500/1000: train/loss=" in console  # no bar where it is no terminal
+    assert "(val/r2 left out: 2 val rows are too few to measure it)" in console  # and the other metrics shown
     acc = events(run)
     loss = acc.Scalars("train/loss")
     assert [e.step for e in loss] == list(range(1000))  # x-axis: optimizer steps, epochs on full-batch data

@@ -3,20 +3,20 @@
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from litlab.data.contract import resumable
+from litlab.entry import in_sweep
 from litlab.errors import ConfigError, Diverged
 from litlab.stepping import data_epoch, max_data_epochs, metrics_due, steps_per_epoch
 
@@ -24,12 +24,16 @@ log = logging.getLogger(__name__)
 
 
 class EpochProgressBar(ProgressBar):
-    """One bar over epochs (not batches) showing the latest metrics; costs nothing per batch. None in
-    the jobs of a sweep: parallel jobs would draw over each other's line; each logs its start and end."""
+    """One bar over epochs (not batches) showing the latest metrics; costs nothing per batch. On a terminal
+    only: where the console is a file or a pipe, a log line at every tenth of the epochs instead of the
+    bar's carriage-return updates. None in the jobs of a sweep: parallel jobs would draw over each other's
+    line; each logs its start and end."""
 
-    def __init__(self):
+    def __init__(self, lines: int = 10):
         super().__init__()
         self.bar: tqdm | None = None
+        self.lines = lines  # where the console is no terminal
+        self.every = 0  # epochs between those lines; 0: none
         self._enabled = True
 
     def disable(self) -> None:
@@ -39,24 +43,30 @@ class EpochProgressBar(ProgressBar):
         self._enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-        if self._enabled and trainer.is_global_zero and not in_sweep:
-            self.bar = tqdm(
-                total=max_data_epochs(trainer), desc="epochs", unit="ep", dynamic_ncols=True, leave=True
-            )
+        if not (self._enabled and trainer.is_global_zero) or in_sweep():
+            return
+        total = max_data_epochs(trainer)
+        if sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc="epochs", unit="ep", dynamic_ncols=True, leave=True)
+        elif self.lines > 0 and total:
+            self.every = max(1, math.ceil(total / self.lines))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.bar is None:
+        if self.bar is None and not self.every:
             return
-        self.bar.update(data_epoch(trainer) - self.bar.n)
         shown = {
-            k: f"{float(v):.4g}"
-            for k, v in trainer.callback_metrics.items()
-            if k.endswith(("/loss", "/acc", "/r2"))
+            k: f"{float(v):.4g}" for k, v in trainer.callback_metrics.items() if k.endswith(("/loss", "/acc"))
         }
-        self.bar.set_postfix(shown, refresh=False)
+        epoch = data_epoch(trainer)
+        if self.bar is not None:
+            self.bar.update(epoch - self.bar.n)
+            self.bar.set_postfix(shown, refresh=False)
+        elif epoch % self.every == 0 or epoch == max_data_epochs(trainer):
+            total = max_data_epochs(trainer)
+            log.info(f"epoch {epoch}/{total}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.every = 0
         if self.bar is not None:
             self.bar.close()
             self.bar = None

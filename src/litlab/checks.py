@@ -39,7 +39,17 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # The config nodes that Hydra instantiates, checked against their signatures (signatures.py).
-GROUPS = ("optimizer", "scheduler", "model.net", "data", "model", "stepping", "trainer", "logger", "callbacks")
+GROUPS = (
+    "optimizer",
+    "scheduler",
+    "model.net",
+    "data",
+    "model",
+    "stepping",
+    "trainer",
+    "logger",
+    "callbacks",
+)
 
 
 def check_ranges(cfg: DictConfig) -> None:

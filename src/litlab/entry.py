@@ -6,6 +6,7 @@ import fcntl
 import logging
 import os
 import re
+import shlex
 import signal
 import sys
 import threading
@@ -16,6 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from litlab.errors import ConfigError, disk_full, one_line, user_error
@@ -33,11 +36,18 @@ warnings.filterwarnings("ignore", message=".*Your `IterableDataset` has `__len__
 warnings.filterwarnings("ignore", message=".*'set_vital' is deprecated")
 # Lightning suggests srun wherever SLURM is installed, also to ranks that torchrun started.
 warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used")
-# Lightning advertises a cloud logger at every start, and lists the accelerators it did not use (train.py's
-# own first line says where the run trains).
-logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-    lambda r: "litlogger" not in r.getMessage() and not re.match(r"[GTHI]PU available: ", r.getMessage())
+# Lightning advertises its cloud logger and model registry, lists the accelerators it did not use (train.py's
+# own first line says where the run trains), that max_epochs was reached (the last line says it) and which
+# checkpoint a resume restores (our line says it).
+QUIET = re.compile(
+    r"litlogger|litmodels|[GTHI]PU available: |`Trainer.fit` stopped: `max_(epochs|steps)=|"
+    r"Restor(ing|ed) (all )?states from the checkpoint"  # train.py's own line says which checkpoint
 )
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda r: not QUIET.search(r.getMessage())
+)
+# A resumed run's checkpoints/ holds its own checkpoints, of course.
+warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 # Run directories end in _<microseconds>-<pid>: two runs started at the same moment never share one.
 # Cached in the config, like Hydra's ${now:}: a parallel launcher's worker keeps the sweep's directory.
 OmegaConf.register_new_resolver("pid", os.getpid, replace=True, use_cache=True)
@@ -77,6 +87,28 @@ def run_name() -> str:
 
 
 OmegaConf.register_new_resolver("litlab.run_name", run_name, replace=True, use_cache=True)
+
+
+def in_sweep() -> bool:
+    """Whether this process runs a job of a multirun (-m)."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def as_typed(path: Path) -> Path:
+    """A path as the user would type it: relative to the working directory where it lies below it."""
+    path = path.absolute()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+
+
+def viewer(log_dir: Path) -> str:
+    """The command that shows the runs under log_dir in TensorBoard: `make tensorboard` from the project's
+    directory, else the tensorboard installed beside this Python (on PATH only inside its venv)."""
+    log_dir = as_typed(log_dir)
+    if Path("Makefile").is_file() and Path("train.py").is_file():
+        elsewhere = "" if log_dir == Path("logs") else f" LOGDIR={shlex.quote(str(log_dir))}"
+        return f"make tensorboard{elsewhere}"
+    tensorboard = Path(sys.executable).parent / "tensorboard"
+    return f"{tensorboard if tensorboard.is_file() else 'tensorboard'} --logdir {shlex.quote(str(log_dir))}"
 
 
 def hold(run_dir: Path) -> IO:
@@ -162,10 +194,28 @@ def quiet_disk_full(args: threading.ExceptHookArgs) -> None:
         threading.__excepthook__(args)
 
 
+# Keys whose value is a path the user copies from the shell: taken as they are (quoted for Hydra's grammar).
+PATH_KEYS = ("resume", "ckpt_path", "input_file")
+
+
+def paths_as_typed(argv: list[str]) -> list[str]:
+    """A sweep job's directory (1_data=wine,model.net.hidden=[32,32]) as `ls` shows it, in resume=, ckpt_path=
+    or input_file=: quoted, so that Hydra's override grammar reads it as one string."""
+    typed = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        plain = re.fullmatch(r"[\w./~+@%:-]*", value) or value[:1] in ("'", '"')
+        if sep and key.lstrip("+") in PATH_KEYS and not plain:
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        typed.append(f"{key}{sep}{value}")
+    return typed
+
+
 def run(main: Callable[[], object]) -> None:
     """Call a @hydra.main function; Hydra's composition errors (unknown option or key, bad override)
     become the same one line as ours. HYDRA_FULL_ERROR is Hydra's documented switch to raise them."""
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    sys.argv[1:] = paths_as_typed(sys.argv[1:])
     threading.excepthook = quiet_disk_full
     try:
         main()

@@ -101,7 +101,7 @@ def versions() -> dict[str, str]:
     found = {}
     for name in DISTRIBUTIONS:
         try:
-            found[name] = metadata.version(name)
+            found[name] = metadata.version(name).split("+")[0]  # 2.13.0+cpu: the same signatures
         except metadata.PackageNotFoundError:
             found[name] = ""
     return found

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checks import check_multirun_strategy
-from litlab.entry import stop_workers
+from litlab.entry import as_typed, stop_workers, viewer
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -398,4 +398,5 @@ class SweepSummary(Callback):
         metric, mode = jobs_metric(sweep_dir, config.optimized_metric, config.optimized_mode)
         text = write_summary(sweep_dir, metric, mode, None, min_effect)
         print(text, flush=True)
-        log.info(f"summary: {sweep_dir / 'summary.md'} (jobs.csv, settings.csv)")
+        log.info(f"summary: {as_typed(sweep_dir / 'summary.md')} (jobs.csv, settings.csv)")
+        log.info(f"view it: {viewer(Path(config.paths.log_dir))}")

@@ -4,6 +4,8 @@ import logging
 import math
 import multiprocessing
 import os
+import shlex
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -40,10 +42,11 @@ from litlab.data.contract import (
     loaders_per_epoch,
     model_arguments,
     problem,
+    rows_of,
     settled,
     split_declared,
 )
-from litlab.entry import hold
+from litlab.entry import as_typed, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -305,6 +308,33 @@ def requeued(cfg: DictConfig) -> Path | None:
     return last
 
 
+# An R^2 on fewer rows than this says nothing (on 2 points it takes any value from -inf to 1): left out of
+# the console's last line (TensorBoard and metrics.json keep it).
+MIN_R2_ROWS = 5
+
+
+def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.LightningDataModule, epochs: int):
+    """A finished run's last lines: its metrics, its directory, how to view it, and how to go on."""
+    shown, dropped = {}, []
+    for key, value in sorted(metrics.items()):
+        split = key.split("/")[0]
+        if key.endswith("/r2") and (rows := rows_of(data, split)) is not None and rows < MIN_R2_ROWS:
+            dropped.append(f"{key} left out: {rows} {split} rows are too few to measure it")
+            continue
+        shown[key] = f"{value:.6g}"
+    if metrics.get("train/gap") == 0:  # within float32's precision of the float64 optimum (cockpit.gap)
+        shown["train/gap"] = "0 (at the optimum)"
+    line = f"{status}: " + "  ".join(f"{k}={v}" for k, v in shown.items())
+    out_dir = as_typed(Path(cfg.paths.output_dir))
+    log_dir = out_dir.parents[2] if out_dir.parent.name == "runs" else Path(cfg.paths.log_dir)  # resumed too
+    lines = [line + (f"  ({'; '.join(dropped)})" if dropped else ""), f"run directory: {out_dir}"]
+    if not in_sweep():  # a sweep says it once, at its end (sweep.py)
+        lines.append(f"view it: {viewer(log_dir)}")
+    more = f" trainer.max_epochs={2 * epochs}" if status == "ok" else ""
+    lines.append(f"go on: python {Path(sys.argv[0]).name} resume={shlex.quote(str(out_dir))}{more}")
+    return lines
+
+
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
@@ -385,10 +415,6 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         stopped = no_space(out_dir, epochs, status)
     if stopped is not None:
         raise stopped
-    shown = {k: f"{v:.6g}" for k, v in sorted(metrics.items())}
-    if metrics.get("train/gap") == 0:  # within float32's precision of the float64 optimum (cockpit.gap)
-        shown["train/gap"] = "0 (at the optimum)"
-    log.info(f"{status}: " + "  ".join(f"{k}={v}" for k, v in shown.items()))
-    log.info(f"run directory: {out_dir}")
-    log.info(f"see it: tensorboard --logdir {cfg.paths.log_dir}, at http://localhost:6006/#custom_scalars")
+    for line in closing_lines(cfg, status, metrics, data, epochs):
+        log.info(line)
     return metrics[cfg.optimized_metric]

@@ -260,7 +260,9 @@ def describe(data: L.LightningDataModule, found: Problem) -> str:
 
 
 def rows_of(data: L.LightningDataModule, split: str) -> int | None:
-    """The rows of a split where its loader's dataset can tell."""
+    """The rows of a split where its tensors or its loader's dataset can tell."""
+    if (splits := whole_splits(data)) is not None:
+        return len(splits[split][0]) if split in splits else None
     loader = loader_of(data, split)
     try:
         return len(loader.dataset) if loader is not None else None
