@@ -18,6 +18,9 @@ SYSTEM_PATH = f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin"  # daemons (SLURM,
 REAL_DATA = ("wine", "bike", "text", "table")  # conf/data options that read files from paths.data_dir
 # Every composed config (the test_config.py grid too) finds the real files where CI and worktrees keep them.
 os.environ["LITLAB_DATA_DIR"] = str(SHARED_DATA)
+# One thread in every run: the thread count changes float sums in their last bits, and tests compare runs
+# made at different moments bit for bit (threads=auto follows the load; its own tests set it).
+os.environ["LITLAB_THREADS"] = "1"
 needs_real_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data files not in {SHARED_DATA}")
 
 

@@ -49,6 +49,8 @@ BAD = [
     (["optimized_mode=biggest"], "optimized_mode='biggest' must be min or max"),
     (["data.val_fraction=0"], "data.val_fraction=0 leaves no validation split"),
     (["seed=-1"], "seed=-1 must be in [0, 2**32)"),
+    (["threads=0"], "threads=0 must be auto or a whole number >= 1"),
+    (["threads=many"], "threads='many' must be auto or a whole number >= 1"),
     (["seed=4294967296"], "seed=4294967296 must be in [0, 2**32)"),
     (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience=-1 must be >= 0"),
     # torch's own range checks, at once rather than as a traceback at fit

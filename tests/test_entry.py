@@ -5,6 +5,7 @@ import pty
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -142,3 +143,29 @@ def test_paths_are_taken_as_typed():
         "optimizer.lr=0.1",
         "input_file='it\\'s.csv'",
     ]
+
+
+def test_threads_auto_leaves_the_cores_that_other_processes_keep_busy(monkeypatch):
+    """On 2 busy cores torch's default threads ran 10-17x slower than one thread (docs/benchmarks.md)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from litlab import entry
+    from litlab.train import TORCH_THREADS, use_threads
+
+    monkeypatch.setattr(entry, "STARTED", entry.busy_ticks())
+    cores = len(os.sched_getaffinity(0))
+    hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(1.5)
+        cfg = OmegaConf.create({"threads": "auto"})
+        said = use_threads(cfg)
+    finally:
+        for hog in hogs:
+            hog.kill()
+    assert cfg.threads == 1 and torch.get_num_threads() == 1  # recorded: a resume computes alike
+    assert said.startswith("1 thread, threads=auto: ") and f"of {cores} cores busy elsewhere" in said
+    cfg = OmegaConf.create({"threads": 2})
+    assert use_threads(cfg) == "2 threads" and torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    assert TORCH_THREADS >= 1

@@ -212,6 +212,9 @@ def check_top_level(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={cfg[key]!r} is not {describe(hint)}")
     if not 0 <= cfg.seed < 2**32:  # numpy's seed range, which Lightning's seed_everything seeds too
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**32): try seed=42")
+    threads = cfg.get("threads", "auto")
+    if threads != "auto" and not (fits(threads, "int") and threads >= 1):
+        raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1: try threads=auto")
     if cfg.optimized_mode not in ("min", "max"):
         raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
 

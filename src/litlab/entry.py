@@ -169,6 +169,29 @@ def cpu_ticks(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[11]) + int(fields[12])
 
 
+def busy_ticks() -> tuple[float, int, int] | None:
+    """(monotonic seconds, busy clock ticks of all CPUs, this process's own ticks); None without /proc."""
+    try:
+        fields = [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return time.monotonic(), user + nice + system + irq + softirq + steal, cpu_ticks(os.getpid()) or 0
+
+
+STARTED = busy_ticks()  # when the entry point started: the window busy_elsewhere() measures
+
+
+def busy_elsewhere() -> float | None:
+    """How many cores other processes have kept busy since this process started (its imports: seconds);
+    None where /proc cannot tell or too little time has passed to."""
+    now = busy_ticks()
+    if STARTED is None or now is None or now[0] - STARTED[0] < 0.2:
+        return None
+    ticks = os.sysconf("SC_CLK_TCK") * (now[0] - STARTED[0])
+    return max(0.0, (now[1] - STARTED[1] - (now[2] - STARTED[2])) / ticks)
+
+
 def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     """SIGTERM handler of a parallel sweep's main process: SIGTERM to its workers, each of which stops its run
     as a single run does (last.ckpt, metrics.json `interrupted`); once they have ended or gone idle (at most

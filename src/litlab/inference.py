@@ -18,7 +18,7 @@ from litlab.data.contract import describe, has_split, saved_index_inputs, saved_
 from litlab.data.files import is_float, not_utf8, number
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
-from litlab.train import build
+from litlab.train import build, use_threads
 
 log = logging.getLogger(__name__)
 
@@ -28,11 +28,12 @@ def rebuild(
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
     ckpt, saved = saved_run(cfg, honoured)
+    threads = use_threads(saved)  # the run's own number: the same arithmetic as in training
     data, model, found = build(saved)
     values = load(ckpt)
     check_compatible(values, ckpt, model, data)
     model.load_state_dict(values["state_dict"])
-    log.info(f"{describe(data, found)}; weights from {ckpt}")
+    log.info(f"{describe(data, found)}; weights from {ckpt} ({threads})")
     return saved, data, model
 
 

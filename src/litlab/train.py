@@ -11,12 +11,13 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from litlab.callbacks import Pruning, SafeStop
 from litlab.checkpoints import (
@@ -46,7 +47,7 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import as_typed, hold, in_sweep, viewer
+from litlab.entry import as_typed, busy_elsewhere, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -226,6 +227,27 @@ def build_data(cfg: DictConfig) -> tuple[L.LightningDataModule, Problem]:
         ) from e
 
 
+TORCH_THREADS = torch.get_num_threads()  # torch's default here (fewer in a parallel sweep's worker)
+
+
+def use_threads(cfg: DictConfig) -> str:
+    """Set torch's threads (cfg.threads: a number, or auto), record the number in cfg, and say it for the
+    first console line. auto: the cores that other processes left free while this one started, at least 1
+    and at most torch's default: on 2 busy cores torch's default threads ran 10-17x slower than one thread
+    (docs/benchmarks.md)."""
+    threads, why = cfg.get("threads", "auto"), ""
+    if threads == "auto":
+        threads, busy = TORCH_THREADS, busy_elsewhere()
+        if busy is not None:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+            threads = max(1, min(TORCH_THREADS, round(cores - busy)))
+            why = f", threads=auto: {busy:.1f} of {cores} cores busy elsewhere"
+    torch.set_num_threads(threads)
+    with open_dict(cfg):
+        cfg.threads = threads
+    return f"{threads} thread{'s' if threads > 1 else ''}{why}"
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Problem]:
     """The configured data (set up) and model, seeded: what train() fits and a checkpoint is loaded into;
     and the data's task and sizes."""
@@ -338,6 +360,7 @@ def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.Lightning
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
+    threads = use_threads(cfg)
     data, model, found = build(cfg)
     has_val = has_split(data, "val")
     logged = set(getattr(model, "metric_names", ())) | {"train/gap", "train/optimum_loss"}
@@ -386,7 +409,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         optimizer = "its own optimizer (configure_optimizers)"
     log.info(
         f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
-        f"on {trainer.num_devices} {trainer.strategy.root_device.type}"
+        f"on {trainer.num_devices} {trainer.strategy.root_device.type} ({threads})"
     )
 
     stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
