@@ -12,7 +12,9 @@
 (g) how long a mistake (and --help) takes to answer: `python train.py <mistake>`, wall seconds;
 (h) a 1e7 x 64 float32 Parquet file streamed (data=table data.stream=true) for one epoch at batch 8192 and
     a shuffle buffer of 1M rows vs a plain loop reading it with pyarrow alike (2 alternating rounds), and
-    the template's peak RSS at 1e7 and 4e7 rows (the files written by scripts/make_table.py).
+    the template's peak RSS at 1e7 and 4e7 rows (the files written by scripts/make_table.py);
+(i) torch's threads: the book fit, an MLP on wine and (b) through train.py with 1 thread, torch's default
+    and threads=auto, on a quiet machine and with every core kept busy by another process (2 rounds).
 Prints a Markdown table of medians and ratios and saves it (default logs/bench.md).
 """
 
@@ -20,6 +22,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import resource
 import statistics
 import subprocess
@@ -388,6 +391,75 @@ ANSWERS = [
 ]
 
 
+# (i): the workloads, as train.py arguments; each run's training time is its metrics.json duration_s.
+THREAD_WORK = {
+    "book fit, 1000 epochs": [],
+    "MLP [32,32] on wine, 100 epochs": [
+        "data=wine", "model=mlp", "model.net.hidden=[32,32]", "trainer.max_epochs=100"
+    ],
+    "(b) 2M x 64, 3 epochs": [
+        "data=regression", "data.preset=generated", f"data.n={N}", f"data.features={D}",
+        f"data.batch_size={BATCH}", "data.val_fraction=0", "data.scaling=none",
+        "optimized_metric=train/loss", "stepping=fast", "trainer.max_epochs=3",
+    ],
+}  # fmt: skip
+
+
+def bench_threads(rounds: int = 2) -> dict[tuple[str, str, str], float]:
+    """(i) {(workload, load, threads): median training seconds} for threads 1, torch's default and auto,
+    quiet and with one busy process per core (a plain Python loop each), alternating the settings."""
+    default = str(torch.get_num_threads())
+    env = {k: v for k, v in os.environ.items() if k != "LITLAB_THREADS"}
+    found: dict[tuple[str, str, str], list[float]] = {}
+    for load in ("quiet", "busy"):
+        busy = cores() if load == "busy" else 0
+        hogs = [subprocess.Popen([sys.executable, "-c", "while 1: pass"]) for _ in range(busy)]
+        try:
+            for r in range(rounds):
+                for work, args in THREAD_WORK.items():
+                    settings = ["1", default, "auto"]
+                    for threads in settings if r % 2 == 0 else settings[::-1]:
+                        seconds = trained_seconds([*args, f"threads={threads}"], env)
+                        found.setdefault((work, load, threads), []).append(seconds)
+        finally:
+            for hog in hogs:
+                hog.kill()
+    return {key: statistics.median(values) for key, values in found.items()}
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def trained_seconds(args: list[str], env: dict) -> float:
+    """The training time of `python train.py args`, from its metrics.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data = os.environ.get("LITLAB_DATA_DIR", ROOT / "data")  # wine: where `make data` puts it
+        command = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            f"paths.root_dir={tmp}",
+            f"paths.data_dir={data}",
+            *args,
+        ]
+        subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+        [metrics] = Path(tmp).rglob("metrics.json")
+        return json.loads(metrics.read_text())["duration_s"]
+
+
+def thread_rows(i: dict[tuple[str, str, str], float]) -> list[tuple]:
+    """The rows (i): threads=auto's time against the best of 1 thread and torch's default."""
+    default = str(torch.get_num_threads())
+    rows = []
+    for work in THREAD_WORK:
+        for load in ("quiet", "busy"):
+            one, many, auto = (i[(work, load, t)] for t in ("1", default, "auto"))
+            label = f"(i) {work}, {load}: s (1 thread {one:.2f}, {default} threads {many:.2f})"
+            best = min(one, many)
+            rows.append((label, f"{auto:.2f}", f"{best:.2f}", f"{auto / best:.2f}x", "<= 1.3x"))
+    return rows
+
+
 def bench_answers(repeats: int) -> dict[str, float]:
     """(g) the median wall seconds of `python train.py <mistake>` for each of ANSWERS."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -554,6 +626,7 @@ def main() -> None:
         "--only-f", action="store_true", help="only (f), the searches with and without pruning"
     )
     parser.add_argument("--only-h", action="store_true", help="only (h), the streamed table (10 minutes)")
+    parser.add_argument("--only-i", action="store_true", help="only (i), torch's threads (8 minutes)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
@@ -566,6 +639,9 @@ def main() -> None:
                 else part(args.n, args.epochs, args.shuffle)
             )
         )
+        return
+    if args.only_i:
+        print(table(thread_rows(bench_threads())))
         return
     if args.only_h:
         print(table(streams(bench_stream())))
@@ -584,8 +660,9 @@ def main() -> None:
     e = growth()
     f = searches(bench_search())
     h = streams(bench_stream())
+    i = thread_rows(bench_threads())
     report = f"# make bench ({time.strftime('%Y-%m-%d %H:%M')}, {torch.get_num_threads()} threads)\n\n"
-    report += table(comparisons(a, b, bandwidth, c, e) + f + g + h) + "\n"
+    report += table(comparisons(a, b, bandwidth, c, e) + f + g + h + i) + "\n"
     print(report)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)

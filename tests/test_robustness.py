@@ -1,5 +1,6 @@
 """As a user: bad input gets one line, divergence is caught, runs are reproducible, a stop loses nothing."""
 
+import hashlib
 import json
 import math
 import os
@@ -256,3 +257,44 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_says_so_in_one_line(small_dis
     run_train(tmp_path, f"resume={moved}", f"trainer.max_epochs={epochs + 50}")
     assert torch.load(moved / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == epochs + 50
     assert json.loads((moved / "metrics.json").read_text())["status"] == "ok"
+
+
+def tree(root) -> dict[str, str]:
+    """Every file and directory below root -> its content's SHA-256 ('dir' for a directory)."""
+    return {
+        str(p.relative_to(root)): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.mark.slow
+def test_a_refused_command_changes_no_byte_under_logs(tmp_path):
+    """Refused before training, a new run leaves no directory; a refused resume or eval writes nothing into
+    the run it names (its .hydra/ and its log stay the run's own)."""
+    run_train(tmp_path, "trainer.max_epochs=3")
+    [run] = run_dirs(tmp_path)
+    typed = str(run.relative_to(tmp_path))
+    before = tree(tmp_path / "logs")
+    refused = [
+        ("train.py", "optimizer.lr=-1"),
+        ("train.py", "trainer.max_epochs=abc"),
+        ("train.py", "data=wine", "model=logistic", "data.val_fraction=0.5", "optimized_metric=val/mse"),
+        ("train.py", f"resume={typed}", "optimizer.lr=0.5"),  # a changed learning rate
+        ("train.py", f"resume={typed}", "trainer.max_epochs=2"),  # fewer epochs than it has
+        ("train.py", f"resume={typed}", "model=mlp"),
+        ("eval.py", f"ckpt_path={typed}", "data=wine"),
+    ]
+    for script, *args in refused:
+        proc = run_train(tmp_path, *args, script=script, check=False)
+        assert proc.returncode == 1 and proc.stderr.startswith("error: "), (args, proc.stderr[-500:])
+        assert tree(tmp_path / "logs") == before, args
+    resumed = run_train(tmp_path, f"resume={typed}", "trainer.max_epochs=4")  # accepted: the run goes on
+    assert "Traceback" not in resumed.stderr
+    after = tree(tmp_path / "logs")
+    assert {k: v for k, v in after.items() if k.startswith(f"{typed.removeprefix('logs/')}/.hydra")} == {
+        k: v for k, v in before.items() if k.startswith(f"{typed.removeprefix('logs/')}/.hydra")
+    }  # the run's own .hydra/, forever
+    metrics = json.loads((run / "metrics.json").read_text())["metrics"]
+    run_train(tmp_path, f"resume={typed}", "trainer.max_epochs=4")  # a finished run: no epoch to train
+    again = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert again == metrics and {"train/loss", "train/gap", "train/r2", "val/loss"} <= set(again)

@@ -9,6 +9,7 @@ torch is imported for its optimizers' own checks, Lightning for the accelerators
 names a class of one's own (its signature is read from the class)."""
 
 import difflib
+import math
 import os
 from collections.abc import Iterator
 
@@ -30,7 +31,9 @@ def check_config(cfg: DictConfig) -> None:
     check_top_level(cfg)
     for where, node in targets(cfg, GROUPS):
         check_arguments(where, node)
+    check_finite(cfg)
     check_ranges(cfg)
+    check_scheduler(cfg.get("scheduler"))
     check_optimizer(cfg.optimizer)  # the first to import torch (its optimizer's own checks)
     if isinstance(cfg.trainer.accelerator, str):
         check_devices(cfg.trainer.accelerator, cfg.trainer.devices)
@@ -76,6 +79,75 @@ def check_ranges(cfg: DictConfig) -> None:
             f"data.val_fraction=0 leaves no validation split to compute {cfg.optimized_metric}: "
             "add optimized_metric=train/loss"
         )
+
+
+# Groups whose every number must be finite: a nan or inf there is a typo, never a setting (callbacks and the
+# Trainer take inf on purpose, e.g. gradient_clip_val or a threshold).
+FINITE = ("data", "model", "optimizer", "scheduler", "stepping")
+
+
+def check_finite(cfg: DictConfig) -> None:
+    for group in FINITE:
+        node = cfg.get(group)
+        for key, value in leaves(node, group) if isinstance(node, DictConfig) else ():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{key}={value} is not a finite number")
+
+
+def leaves(node: DictConfig, prefix: str) -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of every leaf below a config node, lists' items included."""
+    items = node.items() if isinstance(node, DictConfig) else enumerate(node)
+    for key, value in items:
+        if isinstance(value, DictConfig | ListConfig):
+            yield from leaves(value, f"{prefix}.{key}")
+        else:
+            yield f"{prefix}.{key}", value
+
+
+# What torch's schedulers take: (test, what it must be). Outside, they train wrongly (gamma=-0.5 turns
+# descent into ascent) or fail deep inside torch.
+RULES = {
+    ">0": (lambda v: v > 0, "> 0"),
+    ">=0": (lambda v: v >= 0, ">= 0"),
+    "(0,1)": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "int>=0": (lambda v: fits(v, "int") and v >= 0, "a whole number >= 0"),
+    "int>=1": (lambda v: fits(v, "int") and v >= 1, "a whole number >= 1"),
+}
+SCHEDULERS = {
+    "StepLR": {"step_size": "int>=1", "gamma": ">0"},
+    "MultiStepLR": {"gamma": ">0"},
+    "ExponentialLR": {"gamma": ">0"},
+    "CosineAnnealingLR": {"T_max": "int>=1", "eta_min": ">=0"},
+    "OneCycleLR": {
+        "max_lr": ">0",
+        "pct_start": "(0,1)",
+        "total_steps": "int>=1",
+        "div_factor": ">0",
+        "final_div_factor": ">0",
+    },
+    "ReduceLROnPlateau": {
+        "factor": "(0,1)",
+        "patience": "int>=0",
+        "min_lr": ">=0",
+        "threshold": ">=0",
+        "cooldown": "int>=0",
+        "eps": ">=0",
+    },
+}
+
+
+def check_scheduler(node: DictConfig | None) -> None:
+    """Every setting of torch's schedulers in its range (a wrong type is check_arguments' to name)."""
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        return
+    name = str(node._target_).rsplit(".", 1)[-1]
+    for key, rule in SCHEDULERS.get(name, {}).items():
+        value = node.get(key)
+        if value is None or not fits(value, "float"):
+            continue
+        test, wanted = RULES[rule]
+        if not test(value):
+            raise ConfigError(f"scheduler.{key}={value} must be {wanted} for {name}")
 
 
 def targets(cfg: DictConfig, groups: tuple[str, ...]) -> Iterator[tuple[str, DictConfig]]:

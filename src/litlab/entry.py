@@ -7,10 +7,12 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 import threading
 import time
+import typing
 import warnings
 from collections.abc import Callable
 from datetime import datetime
@@ -126,15 +128,76 @@ def hold(run_dir: Path) -> IO:
     return handle
 
 
+# The highest directory that a new run's path lacked before Hydra made it (run_dir_of): a command refused
+# before its work starts removes it again, with the .hydra/ that Hydra wrote into it.
+MADE: list[Path | None] = []
+
+
+def highest_missing(path: Path) -> Path | None:
+    """The highest ancestor of path (or path itself) that does not exist; None if path exists."""
+    if path.exists():
+        return None
+    while not path.parent.exists():
+        path = path.parent
+    return path
+
+
 def run_dir_of(resume: str | None, new_dir: str) -> str:
     """hydra.run.dir: the directory of the run that resume= names, else new_dir (conf/hydra/default.yaml).
     A resume= that names no run, or a run another process is writing, is refused here, in one line, before
     Hydra writes anything into it (.hydra/, the log); train() then holds the run while it trains."""
     if not resume:
+        if not MADE:  # before Hydra makes it: what a refused command removes again (discard_refused_run)
+            MADE.append(highest_missing(Path(new_dir).absolute()))
         return new_dir
     run_dir = locate(resume)[0]
     hold(run_dir).close()
     return str(run_dir)
+
+
+def hydra_subdir(resume: str | None) -> str | None:
+    """hydra.output_subdir: .hydra for a new run; none for a resume, whose .hydra/ stays the run's own."""
+    return None if resume else ".hydra"
+
+
+OmegaConf.register_new_resolver("litlab.hydra_subdir", hydra_subdir, replace=True)
+
+
+class RunLog(logging.FileHandler):
+    """The run's log file (conf/hydra/default.yaml), held back until the command starts its work (start()):
+    a command refused before then appends no line to a run it names, nor leaves a log of its own behind.
+    A sweep's jobs write at once: a failed job's log says why."""
+
+    started = False
+    held: typing.ClassVar[list[tuple[logging.Handler, logging.LogRecord]]] = []
+
+    def __init__(self, filename: str, **kwargs: typing.Any):
+        super().__init__(filename, delay=True, **kwargs)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if RunLog.started or in_sweep():
+            super().emit(record)
+        else:
+            RunLog.held.append((self, record))
+
+    @classmethod
+    def start(cls) -> None:
+        """The command's work starts: write what was held, and from now on every line."""
+        cls.started = True
+        for handler, record in cls.held:
+            handler.emit(record)
+        cls.held.clear()
+
+
+def discard_refused_run() -> None:
+    """After a refusal before the work started: remove the new run directory Hydra made (and the parents it
+    made for it), where it holds nothing but Hydra's .hydra/ (a resume's own directory is never touched)."""
+    if RunLog.started or not MADE or MADE[0] is None or not HydraConfig.initialized() or in_sweep():
+        return
+    made, run_dir = MADE[0], Path(HydraConfig.get().runtime.output_dir).absolute()
+    written = [p for p in made.rglob("*") if p.is_file()]
+    if made.is_dir() and all(p.is_relative_to(run_dir / ".hydra") or p == run_dir / ".lock" for p in written):
+        shutil.rmtree(made, ignore_errors=True)
 
 
 OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)
@@ -147,6 +210,7 @@ def exit_on_user_error(error: Exception) -> None:
     cause = user_error(error)
     if cause is None or FULL_ERROR:
         raise error
+    discard_refused_run()
     sys.exit(f"error: {cause}")
 
 

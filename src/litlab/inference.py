@@ -16,6 +16,7 @@ from litlab.checkpoints import check_compatible, command_overrides, load, locate
 from litlab.checks import check_config
 from litlab.data.contract import describe, has_split, saved_index_inputs, saved_normalisation
 from litlab.data.files import is_float, not_utf8, number
+from litlab.entry import RunLog
 from litlab.errors import ConfigError
 from litlab.sweep import write_result
 from litlab.train import build, use_threads
@@ -33,6 +34,7 @@ def rebuild(
     values = load(ckpt)
     check_compatible(values, ckpt, model, data)
     model.load_state_dict(values["state_dict"])
+    RunLog.start()  # every check passed: from here on this command's directory is written
     log.info(f"{describe(data, found)}; weights from {ckpt} ({threads})")
     return saved, data, model
 

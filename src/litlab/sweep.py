@@ -50,6 +50,15 @@ def write_result(out_dir: Path, status: str, metrics: dict, started: float, erro
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
 
 
+def recorded_metrics(out_dir: Path) -> dict[str, float]:
+    """The final metrics a run's metrics.json holds; none where there is no readable one."""
+    try:
+        metrics = json.loads((out_dir / "metrics.json").read_text()).get("metrics", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def swept_keys() -> list[str]:
     """The keys this run's command varies: in a multirun, those its command line sweeps (a,b  range()
     choice() interval()) and the sweeper's params (an Optuna search space); in a single run, those typed."""

@@ -47,12 +47,12 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import as_typed, busy_elsewhere, hold, in_sweep, viewer
+from litlab.entry import RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
 from litlab.stepping import FastSteps, epochs_trained, refuse
-from litlab.sweep import swept_keys, write_result
+from litlab.sweep import recorded_metrics, swept_keys, write_result
 
 log = logging.getLogger(__name__)
 # `import lightning` gives its logger a console handler of its own; Hydra's logging (conf/hydra) prints
@@ -240,7 +240,8 @@ def use_threads(cfg: DictConfig) -> str:
         threads, busy = TORCH_THREADS, busy_elsewhere()
         if busy is not None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-            threads = max(1, min(TORCH_THREADS, round(cores - busy)))
+            # a core counts as taken from 0.3 of it busy: too many threads cost far more than too few
+            threads = max(1, min(TORCH_THREADS, cores - math.ceil(busy - 0.3)))
             why = f", threads=auto: {busy:.1f} of {cores} cores busy elsewhere"
     torch.set_num_threads(threads)
     with open_dict(cfg):
@@ -400,6 +401,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     except (ValueError, MisconfigurationException) as e:  # Lightning's own refusal of a combination
         raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
     out_dir = Path(cfg.paths.output_dir)
+    RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     how = fast.describe() if fast is not None else "stepping=lightning"
@@ -413,6 +415,8 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     )
 
     stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
+    if saved is not None:  # a resume that trains no further epoch logs no training metric: keep the run's
+        metrics = {**recorded_metrics(out_dir), **metrics}
     epochs = epochs_trained(trainer)
     if stopped is None and not math.isfinite(metrics.get(cfg.optimized_metric, 0.0)):  # no DivergenceGuard
         stopped = Diverged(epochs, metrics[cfg.optimized_metric])
