@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -28,9 +29,14 @@ def main(cfg: DictConfig) -> float:
     except Exception as e:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             exit_on_user_error(e)
-        # One bad job must not sink the sweep: record it, and let the sweeper see a failed value.
-        logging.getLogger(__name__).exception("job failed")
+        # One bad job must not sink the sweep: record it in one line, and let the sweeper see a failed value.
         cause = user_error(e)
+        log_dir = Path(HydraConfig.get().runtime.output_dir)
+        if cause is None:  # a bug: its traceback in the job's own log, not over the sweep's console
+            with open(log_dir / f"{cfg.task_name}.log", "a") as log_file:
+                traceback.print_exc(file=log_file)
+        where = "" if cause is not None else f" (traceback in {log_dir / cfg.task_name}.log)"
+        logging.getLogger(__name__).error(f"job failed: {cause or repr(e)}{where}")
         if not isinstance(cause, Diverged):  # train() recorded that itself, with its last finite metrics
             write_result(Path(cfg.paths.output_dir), "failed", {}, started, str(cause or e) or repr(e))
         return math.nan

@@ -88,8 +88,9 @@ def test_divergence_fails_the_run_but_not_the_sweep(tmp_path):
     assert error_lines(err) == [
         "error: diverged at epoch 11 (loss=inf): try a smaller learning rate or scaled inputs"
     ]
-    code, err = finish(sweep)
-    assert code == 0, err
+    out, err = sweep.communicate(timeout=300)
+    assert sweep.returncode == 0, err
+    assert "job failed: diverged at epoch 11 (loss=inf)" in out and "Traceback" not in out + err  # one line
     jobs = sorted((tmp_path / "sweep" / "logs" / "book_divergence" / "multiruns").glob("*/*/metrics.json"))
     statuses = {p.parent.name[0]: json.loads(p.read_text())["status"] for p in jobs}
     assert statuses == {"0": "diverged", "1": "ok"}  # lr 1e-2, then lr 1e-4

@@ -4,6 +4,7 @@ trials, and one study shared through a journal file or a real PostgreSQL server.
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -351,3 +352,51 @@ def test_optuna_dashboard_opens_a_study_as_the_readme_says(tmp_path, kind):
     finally:
         server.terminate()
         server.wait()
+
+
+def test_a_custom_search_space_is_a_function_of_ours_or_of_the_project(tmp_path, monkeypatch):
+    """Never any callable Python can import (os.system)."""
+    from litlab.search import optimizer_knobs, search_space_function
+
+    assert search_space_function("litlab.search.optimizer_knobs") is optimizer_knobs
+    for name in (
+        "os.system",
+        "builtins.print",
+        "antigravity.fly",
+        "litlab.search.nope",
+        "litlab.search.finished",
+    ):
+        with pytest.raises(ConfigError, match=f"custom_search_space={name} must name a function"):
+            search_space_function(name)
+    (tmp_path / "myspace.py").write_text("def knobs(config, trial):\n    trial.suggest_float('x', 0, 1)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert search_space_function("myspace.knobs").__name__ == "knobs"  # one's own, below the project
+
+
+@pytest.mark.parametrize("content", [None, "hello\n", "[1, 2]\n"])
+def test_a_journal_storage_that_is_a_directory_or_no_journal_is_refused_in_one_line(tmp_path, content):
+    from litlab.search import storage_of
+
+    path = tmp_path if content is None else tmp_path / "study.journal"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=f"hydra.sweeper.storage={path} is not an Optuna journal"):
+        storage_of(str(path))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("x=interval(1,0)", "`low <= high` must hold"),
+        ("x=tag(log,interval(0,1))", "`low > 0` must hold for `log=True`"),
+        ("x=range(1,5,0)", "range() arg 3 must not be zero"),
+    ],
+)
+def test_a_search_space_optuna_refuses_is_one_line(override, message):
+    from litlab.search import parse_space
+
+    with pytest.raises(
+        ConfigError, match=re.escape(f"{override}: not a search space Optuna takes: {message}")
+    ):
+        parse_space({}, [override])

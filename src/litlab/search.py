@@ -8,11 +8,16 @@ a time until none is left, so no trial runs twice and the total never exceeds n_
 processes on however many machines share the storage. Optuna is imported inside the functions: the
 sweeper module is imported by every Hydra run."""
 
+import importlib
+import importlib.util
+import inspect
+import json
 import logging
 import math
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +43,20 @@ def storage_of(url: str) -> Any:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if "://" not in url:
-        Path(url).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(Path(url).expanduser())))
+        path = Path(url).expanduser()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_file() and path.stat().st_size and "op_code" not in json.loads(first_line(path)):
+                raise ValueError("its first line is not an operation of Optuna's journal")
+            storage = JournalStorage(JournalFileBackend(str(path)))
+            storage.get_all_studies()
+            return storage
+        except Exception as e:  # a directory, a place that cannot be written, a file that is no journal
+            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}"
+            raise ConfigError(
+                f"hydra.sweeper.storage={url} is not an Optuna journal one can write here ({why}): "
+                "give a new file's path (e.g. logs/study.journal) or a database URL (sqlite:///logs/study.db)"
+            ) from e
     from sqlalchemy.exc import IntegrityError
 
     for attempt in range(10):
@@ -55,6 +72,11 @@ def storage_of(url: str) -> Any:
                 f"hydra.sweeper.storage={url}: Optuna cannot open it{hint}: {str(e).splitlines()[0]}"
             ) from e
     return optuna.storages.RDBStorage(url)
+
+
+def first_line(path: Path) -> str:
+    with open(path, errors="replace") as f:
+        return f.readline(1_000_000)
 
 
 def optuna_class(module: Any, name: str, suffix: str, what: str) -> type:
@@ -84,7 +106,7 @@ def sampler_of(name: str, kwargs: dict, seed: int | None, space: dict) -> Any:
         kwargs.setdefault("search_space", grid_of(space))
     try:
         return cls(**kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"hydra.sweeper.sampler_kwargs: {cls.__name__} refuses them: {e}") from e
 
 
@@ -94,7 +116,7 @@ def pruner_of(name: str, kwargs: dict) -> Any:
     cls = optuna_class(optuna.pruners, name, "Pruner", "pruner")
     try:
         return cls(**(kwargs or {}))
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ConfigError(f"hydra.sweeper.pruner_kwargs: {cls.__name__} refuses them: {e}") from e
 
 
@@ -103,8 +125,6 @@ def parse_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
     choice(a, b) or a,b is categorical, range(...) a stepped int or float, interval(lo, hi) continuous
     (tag(int, interval(...)) whole numbers), tag(log, ...) on a log scale; anything else is passed to every
     job as it is."""
-    import optuna.distributions as d
-
     parser = OverridesParser.create()
     typed = parser.parse_overrides([f"{k}={v}" for k, v in (params or {}).items()])
     given = parser.parse_overrides(arguments)
@@ -115,25 +135,34 @@ def parse_space(params: dict, arguments: list[str]) -> tuple[dict, list[str]]:
         if not override.is_sweep_override():
             fixed.append(override.input_line)
             continue
-        value = override.value()
-        log_scale = "log" in value.tags
-        if isinstance(value, ChoiceSweep):
-            space[key] = d.CategoricalDistribution(list(override.sweep_iterator(transformer=str_choice)))
-        elif isinstance(value, RangeSweep):  # Python's range: the stop is left out
-            values = list(override.sweep_iterator())
-            if not values:
-                raise ConfigError(f"{override.input_line}: an empty range")
-            kind = d.IntDistribution if all(isinstance(v, int) for v in values) else d.FloatDistribution
-            space[key] = kind(values[0], values[-1], step=value.step)
-        elif isinstance(value, IntervalSweep) and "int" in value.tags:  # tag(int, interval(1, 8))
-            space[key] = d.IntDistribution(int(value.start), int(value.end), log=log_scale)
-        elif isinstance(value, IntervalSweep):  # floats, as in Hydra
-            space[key] = d.FloatDistribution(value.start, value.end, log=log_scale)
-        else:
-            raise ConfigError(
-                f"{override.input_line}: not a search space Optuna takes (choice, range, interval)"
-            )
+        try:
+            space[key] = distribution(override)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, ZeroDivisionError) as e:  # Optuna's or Python's refusal of the bounds
+            raise ConfigError(f"{override.input_line}: not a search space Optuna takes: {e}") from e
     return space, fixed
+
+
+def distribution(override: Any) -> Any:
+    """The Optuna distribution of one sweep override."""
+    import optuna.distributions as d
+
+    value = override.value()
+    log_scale = "log" in value.tags
+    if isinstance(value, ChoiceSweep):
+        return d.CategoricalDistribution(list(override.sweep_iterator(transformer=str_choice)))
+    if isinstance(value, RangeSweep):  # Python's range: the stop is left out
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"{override.input_line}: an empty range")
+        kind = d.IntDistribution if all(isinstance(v, int) for v in values) else d.FloatDistribution
+        return kind(values[0], values[-1], step=value.step)
+    if isinstance(value, IntervalSweep) and "int" in value.tags:  # tag(int, interval(1, 8))
+        return d.IntDistribution(int(value.start), int(value.end), log=log_scale)
+    if isinstance(value, IntervalSweep):  # floats, as in Hydra
+        return d.FloatDistribution(value.start, value.end, log=log_scale)
+    raise ConfigError(f"{override.input_line}: not a search space Optuna takes (choice, range, interval)")
 
 
 def str_choice(value: Any) -> Any:
@@ -371,6 +400,31 @@ def job_trial() -> Any:
         pruner=pruner_of(sweeper.pruner, OmegaConf.to_container(sweeper.pruner_kwargs)),
     )
     return trial_of(study, HydraConfig.get().job.num)
+
+
+def search_space_function(name: str) -> Callable[[DictConfig, Any], None]:
+    """hydra.sweeper.custom_search_space: a function (config, trial) of litlab or of a module of one's own
+    project (below the working directory), never any callable Python can import (os.system). The module is
+    checked before it is imported."""
+    module, _, function = name.rpartition(".")
+    spec = importlib.util.find_spec(module.split(".")[0]) if module else None
+    origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+    ours = module.startswith("litlab.") or (
+        origin is not None and origin.is_relative_to(Path.cwd().resolve())
+    )
+    what = (
+        f"hydra.sweeper.custom_search_space={name} must name a function (config, trial) of litlab or of a "
+        "module of this project, as litlab.search.optimizer_knobs does"
+    )
+    if not ours:
+        raise ConfigError(what)
+    try:
+        found = getattr(importlib.import_module(module), function)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"{what}: {e}") from e
+    if not inspect.isfunction(found) or len(inspect.signature(found).parameters) != 2:
+        raise ConfigError(what)
+    return found
 
 
 def optimizer_knobs(config: DictConfig, trial: Any) -> None:

@@ -9,7 +9,6 @@ from typing import Any
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra.utils import get_method
 from omegaconf import DictConfig, OmegaConf
 
 from litlab import search
@@ -59,11 +58,16 @@ class OptunaSweeper(Sweeper):
             raise ConfigError(f"hydra.sweeper.direction={self.direction}: minimize or maximize")
         if not isinstance(self.n_trials, int) or self.n_trials < 1:
             raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} must be a whole number >= 1")
+        rate = self.max_failure_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={rate} must be in [0, 1]: 1 never stops the search"
+            )
         space, fixed = search.parse_space(self.params, arguments)
         sweep_dir = Path(self.config.hydra.sweep.dir)  # as Hydra's own sweeper: the sweep's config first
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        extend = get_method(self.custom_search_space) if self.custom_search_space else None
+        extend = search.search_space_function(self.custom_search_space) if self.custom_search_space else None
         storage = search.storage_of(self.storage)
         pruner = search.pruner_of(self.pruner, self.pruner_kwargs)
         # A sampler seeded alike in every process (or on every resume) would propose the same trials again:
