@@ -12,7 +12,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
+from litlab.checkpoints import (
+    check_compatible,
+    check_unchanged,
+    command_overrides,
+    load,
+    locate,
+    saved_config,
+)
 from litlab.checks import check_config
 from litlab.data.contract import describe, has_split, saved_index_inputs, saved_normalisation
 from litlab.data.files import is_float, not_utf8, number
@@ -29,9 +36,10 @@ def rebuild(
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
     ckpt, saved = saved_run(cfg, honoured)
+    values = load(ckpt)
+    check_unchanged(values, ckpt, ckpt.parent.parent)  # before anything is built from an edited config.yaml
     threads = use_threads(saved)  # the run's own number: the same arithmetic as in training
     data, model, found = build(saved)
-    values = load(ckpt)
     check_compatible(values, ckpt, model, data)
     model.load_state_dict(values["state_dict"])
     RunLog.start()  # every check passed: from here on this command's directory is written

@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from litlab.callbacks import Pruning, SafeStop
 from litlab.checkpoints import (
+    ResumeState,
     check_compatible,
     check_epochs,
     check_optimizer,
     check_resumable,
+    check_unchanged,
     command_overrides,
     epochs_done,
     load,
@@ -361,6 +363,9 @@ def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.Lightning
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
+    saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
+    if saved is not None:  # before anything is built from a config.yaml edited since
+        check_unchanged(saved, resume_ckpt, Path(cfg.paths.output_dir))
     threads = use_threads(cfg)
     data, model, found = build(cfg)
     has_val = has_split(data, "val")
@@ -376,7 +381,6 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     if fast is not None:
         refuse(cfg.trainer, callbacks, model, fast.epochs_per_step > 0, has_val)
         model.fast_steps = fast
-    saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
         check_epochs(saved, resume_ckpt, cfg.trainer.max_epochs)
         check_optimizer(
@@ -404,6 +408,9 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    for callback in callbacks:  # every checkpoint keeps the config it was made with (check_unchanged)
+        if isinstance(callback, ResumeState):
+            callback.config = OmegaConf.to_container(cfg, resolve=True)
     how = fast.describe() if fast is not None else "stepping=lightning"
     if takes(cfg, "optimizer"):
         optimizer = f"optimizer={optimizer_name(cfg)} lr={cfg.optimizer.lr}"
