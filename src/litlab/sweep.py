@@ -335,6 +335,12 @@ def summarise(
         raise ConfigError(
             f"--by {' '.join(unknown)}: not an override of this sweep; its keys: {' '.join(varying)}"
         )
+    pooled = [k for k in varying if k not in (*by, "seed")]
+    if pooled:  # runs that differ in them would count as repeats of one setting, as seeds do
+        raise ConfigError(
+            f"--by {' '.join(by) or '(none)'} would pool runs that differ in {', '.join(pooled)} as if they "
+            f"were seeds: add them (--by {' '.join([*by, *pooled])})"
+        )
     settings = compare_settings(jobs, by, optimized_metric, optimized_mode, min_effect)
     text = markdown(sweep_dir, jobs, varying, settings, optimized_metric, optimized_mode, min_effect)
     return jobs, settings, text

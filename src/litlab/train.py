@@ -141,7 +141,9 @@ def finish(
     """Record how the run ended (ok, pruned, diverged, interrupted) in TensorBoard's hparams and
     metrics.json."""
     status = (
-        "pruned"
+        "debug"  # trainer.fast_dev_run: a check that every part runs, never a result (summaries skip it)
+        if trainer.fast_dev_run and stopped is None
+        else "pruned"
         if pruned
         else "ok"
         if stopped is None
@@ -159,7 +161,7 @@ def finish(
                 hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
             order = [cfg.optimized_metric, *(m for m in ("train/loss", "val/loss") if m in metrics)]
             logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
-            logger.finalize("success" if status in ("ok", "pruned") else "failed")
+            logger.finalize("success" if status in ("ok", "pruned", "debug") else "failed")
     error = str(stopped or "").removeprefix("error: ")
     if trainer.is_global_zero:  # ranks that srun or torchrun started share the run directory
         try:
@@ -416,8 +418,9 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         optimizer = f"optimizer={optimizer_name(cfg)} lr={cfg.optimizer.lr}"
     else:
         optimizer = "its own optimizer (configure_optimizers)"
+    length = f"{cfg.trainer.max_epochs} epochs" if not trainer.fast_dev_run else "fast_dev_run (one batch)"
     log.info(
-        f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
+        f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {length}, {how}, "
         f"on {trainer.num_devices} {trainer.strategy.root_device.type} ({threads})"
     )
 
