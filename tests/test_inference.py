@@ -137,10 +137,27 @@ def test_wrong_input_width_is_refused(temperature_run, tmp_path):
         predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[1,2]]"))
 
 
-@pytest.mark.parametrize("inputs", ["[[abc]]", "[[1],[2,3]]"])
-def test_inputs_that_are_not_rows_of_numbers_are_refused(temperature_run, tmp_path, inputs):
-    with pytest.raises(ConfigError, match=r"is not rows of numbers such as \[\[81.9\], \[60.0\]\]"):
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        ("[[1],[2,3]]", r"is not rows of numbers such as \[\[81.9\], \[60.0\]\]"),
+        ("[[abc]]", "'abc' is not a finite number that float32 holds"),
+        ("[[nan]]", "nan is not a finite number"),
+        ("[[inf]]", "inf is not a finite number"),
+        ("[[1e308]]", r"1e\+308 is not a finite number that float32 holds"),
+        ("[[true]]", "True is not a finite number"),
+    ],
+)
+def test_inputs_that_are_not_rows_of_finite_numbers_are_refused(temperature_run, tmp_path, inputs, message):
+    with pytest.raises(ConfigError, match=message):
         predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"inputs={inputs}"))
+
+
+def test_an_input_file_that_is_a_directory_is_one_line(temperature_run, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"is not a file \(a directory, a pipe, a device\): give a CSV file"
+    ):
+        predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"input_file={tmp_path}"))
 
 
 @pytest.mark.parametrize("entry", ["eval", "predict"])

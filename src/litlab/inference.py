@@ -94,6 +94,10 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
         table = read_csv(Path(cfg.input_file))
     else:
         values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
+        cells = values if not values or not isinstance(values[0], list) else [c for r in values for c in r]
+        for cell in cells:  # as input_file= refuses them: a flag, text, nan, inf, or beyond float32
+            if isinstance(cell, bool) or not isinstance(cell, int | float) or number(str(cell)) is None:
+                raise ConfigError(f"inputs={values}: {cell!r} is not a finite number that float32 holds")
         try:
             x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
         except (TypeError, ValueError) as e:  # a word, a ragged row
@@ -113,6 +117,8 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV of finite numbers, with or without a header row: a first row is a header where a cell of it is
     not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"input_file={path} is not a file (a directory, a pipe, a device): give a CSV file")
     if not path.is_file():
         raise ConfigError(f"input_file={path} does not exist")
     try:
