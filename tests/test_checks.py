@@ -92,7 +92,8 @@ def test_bad_setting_is_refused_in_one_line(cfg_factory, overrides, message):
 def test_a_picture_size_of_nothing_is_refused(cfg_factory):
     with pytest.raises(Exception) as error:  # raised in the constructor, wrapped by Hydra's instantiate
         train(cfg_factory("callbacks.fit_pictures.size=[0,0]"))
-    assert "callbacks.fit_pictures.size=[0, 0] must be a width and height of 16 pixels" in one_line(error.value)
+    expected = "callbacks.fit_pictures.size=[0, 0] must be a width and height of 16 pixels"
+    assert expected in one_line(error.value)
 
 
 def test_a_growth_factor_that_would_stop_at_once_is_refused(cfg_factory):

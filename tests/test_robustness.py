@@ -299,3 +299,15 @@ def test_a_refused_command_changes_no_byte_under_logs(tmp_path):
     run_train(tmp_path, f"resume={typed}", "trainer.max_epochs=4")  # a finished run: no epoch to train
     again = json.loads((run / "metrics.json").read_text())["metrics"]
     assert again == metrics and {"train/loss", "train/gap", "train/r2", "val/loss"} <= set(again)
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_is_one_line_and_leaves_nothing(tmp_path):
+    proc = start(tmp_path, "trainer.max_epochs=3")
+    time.sleep(1.0)  # composing done, torch still importing: before any training
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 1 and err.strip().splitlines() == [
+        "error: stopped by SIGTERM; each run that had started training keeps its last.ckpt"
+    ], err
+    assert not (tmp_path / "logs").exists()  # the run directory Hydra had made is gone again

@@ -170,9 +170,11 @@ class RunLog(logging.FileHandler):
 
     started = False
     held: typing.ClassVar[list[tuple[logging.Handler, logging.LogRecord]]] = []
+    run_dir: Path | None = None  # a single run's directory (Hydra's job config may be gone at its end)
 
     def __init__(self, filename: str, **kwargs: typing.Any):
         super().__init__(filename, delay=True, **kwargs)
+        RunLog.run_dir = None if in_sweep() else Path(filename).absolute().parent
 
     def emit(self, record: logging.LogRecord) -> None:
         if RunLog.started or in_sweep():
@@ -192,9 +194,9 @@ class RunLog(logging.FileHandler):
 def discard_refused_run() -> None:
     """After a refusal before the work started: remove the new run directory Hydra made (and the parents it
     made for it), where it holds nothing but Hydra's .hydra/ (a resume's own directory is never touched)."""
-    if RunLog.started or not MADE or MADE[0] is None or not HydraConfig.initialized() or in_sweep():
+    if RunLog.started or not MADE or MADE[0] is None or RunLog.run_dir is None:
         return
-    made, run_dir = MADE[0], Path(HydraConfig.get().runtime.output_dir).absolute()
+    made, run_dir = MADE[0], RunLog.run_dir
     written = [p for p in made.rglob("*") if p.is_file()]
     if made.is_dir() and all(p.is_relative_to(run_dir / ".hydra") or p == run_dir / ".lock" for p in written):
         shutil.rmtree(made, ignore_errors=True)
@@ -274,6 +276,16 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
+# Set while a run trains and records how it ended: Lightning's and SafeStop's handlers stop it where it can
+# resume. Outside (start-up, checks, the last lines) a SIGTERM stops the command in one line (run()).
+TRAINING = threading.Event()
+
+
+def stop_outside_training(signum: int, frame: object) -> None:
+    if not TRAINING.is_set():
+        raise KeyboardInterrupt("SIGTERM")
+
+
 def quiet_disk_full(args: threading.ExceptHookArgs) -> None:
     """Threads' excepthook: a writer thread that found the disk full (TensorBoard's) prints nothing; the main
     thread meets the same error at its next write and says it in one line."""
@@ -304,11 +316,13 @@ def run(main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = paths_as_typed(sys.argv[1:])
     threading.excepthook = quiet_disk_full
+    signal.signal(signal.SIGTERM, stop_outside_training)
     try:
         main()
-    except KeyboardInterrupt as e:  # in a parallel sweep's main process; a job stops by itself (SystemExit)
-        if FULL_ERROR:
+    except KeyboardInterrupt as e:  # outside training, or in a parallel sweep's main process (a job stops
+        if FULL_ERROR:  # by itself: SystemExit)
             raise
+        discard_refused_run()  # stopped before it started: nothing of it stays
         why = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
         sys.exit(f"error: stopped by {why}; each run that had started training keeps its last.ckpt")
     except Exception as e:

@@ -49,7 +49,7 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
+from litlab.entry import TRAINING, RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -424,6 +424,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         f"on {trainer.num_devices} {trainer.strategy.root_device.type} ({threads})"
     )
 
+    TRAINING.set()  # SIGTERM: Lightning's and SafeStop's to handle, until the run has recorded its end
     stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
     if saved is not None:  # a resume that trains no further epoch logs no training metric: keep the run's
         metrics = {**recorded_metrics(out_dir), **metrics}
@@ -448,6 +449,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     if isinstance(stopped, DiskFull):
         stopped = DiskFull(f"no space left on the disk of {out_dir} after {epochs} epochs")
     status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)
+    TRAINING.clear()  # from here a SIGTERM stops the command in one line; the run stays as recorded
     if isinstance(stopped, DiskFull):
         stopped = no_space(out_dir, epochs, status)
     if stopped is not None:
