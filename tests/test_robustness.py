@@ -311,3 +311,19 @@ def test_sigterm_before_training_is_one_line_and_leaves_nothing(tmp_path):
         "error: stopped by SIGTERM; each run that had started training keeps its last.ckpt"
     ], err
     assert not (tmp_path / "logs").exists()  # the run directory Hydra had made is gone again
+
+
+@pytest.mark.slow
+def test_a_log_dir_under_a_file_and_a_bad_launcher_variable_are_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    cases = {
+        (f"paths.log_dir={tmp_path / 'afile' / 'logs'}",): "Not a directory: choose a place of your own",
+        ("paths.log_dir=/proc/litlab/logs",): "cannot use /proc/litlab",
+    }
+    for args, expected in cases.items():
+        code, err = finish(start(tmp_path, *args))
+        assert code == 1 and len(err.strip().splitlines()) == 1 and expected in err, err
+    code, err = finish(start(tmp_path, WORLD_SIZE="abc", TORCHELASTIC_RUN_ID="x"))
+    assert code == 1 and err.strip() == (
+        "error: the environment variable WORLD_SIZE=abc is not a whole number: correct or unset it"
+    )

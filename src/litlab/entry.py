@@ -71,13 +71,25 @@ def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
     return run_dir, ckpt
 
 
+def env_int(name: str, default: int = 1) -> int:
+    """A whole number that a launcher (SLURM, torchrun) or the user put in the environment."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ConfigError(
+            f"the environment variable {name}={value} is not a whole number: correct or unset it"
+        )
+    return int(value)
+
+
 def run_name() -> str:
     """A new run's directory name: <date_time_microseconds>-<pid>. For one of several ranks that a launcher
     started together (srun, torchrun: every rank runs train.py), a name all ranks derive alike, so that they
     share one run directory, which rank 0 writes: slurm-<job id>.<step id>, torchrun-<its --rdzv-id>."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+    if env_int("SLURM_NTASKS") > 1 and "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+    if env_int("WORLD_SIZE") > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         run_id = os.environ["TORCHELASTIC_RUN_ID"]
         if run_id in ("", "none"):
             raise ConfigError(
