@@ -327,3 +327,12 @@ def test_a_log_dir_under_a_file_and_a_bad_launcher_variable_are_one_line(tmp_pat
     assert code == 1 and err.strip() == (
         "error: the environment variable WORLD_SIZE=abc is not a whole number: correct or unset it"
     )
+
+
+@pytest.mark.slow
+def test_a_network_too_large_for_memory_and_slurm_without_slurm_are_one_line(tmp_path):
+    code, err = finish(start(tmp_path, "model=mlp", "model.net.hidden=[100000000000]"))
+    assert code == 1 and err.strip().startswith("error: out of memory: the model or the data does not fit")
+    bare = f"{os.path.dirname(sys.executable)}:/nonexistent"  # no sbatch on this PATH
+    code, err = finish(start(tmp_path, "-m", "hydra/launcher=slurm", PATH=bare))
+    assert code == 1 and "hydra/launcher=slurm submits each job with SLURM's sbatch, which is not" in err

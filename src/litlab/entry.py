@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from litlab.errors import ConfigError, disk_full, one_line, user_error
+from litlab.errors import ConfigError, disk_full, one_line
 
 # Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -219,13 +219,13 @@ FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, befor
 
 
 def exit_on_user_error(error: Exception) -> None:
-    """In a Hydra task's `except`: exit with `error: <one line>` for a UserError, else re-raise.
-    (Here rather than in run(): Hydra would first print the job's overrides.)"""
-    cause = user_error(error)
-    if cause is None or FULL_ERROR:
+    """In a Hydra task's `except`: exit with `error: <one line>` for an error the user can act on (errors.py:
+    one_line), else re-raise. (Here rather than in run(): Hydra would first print the job's overrides.)"""
+    message = one_line(error)
+    if message is None or FULL_ERROR:
         raise error
     discard_refused_run()
-    sys.exit(f"error: {cause}")
+    sys.exit(f"error: {message}")
 
 
 def children() -> list[int]:

@@ -8,6 +8,7 @@ callback in every single run too, and those imports cost about a second."""
 import json
 import logging
 import math
+import shutil
 import signal
 import sys
 import time
@@ -400,6 +401,12 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_multirun_strategy(config.trainer, config.hydra)
+            launcher = str(config.hydra.launcher.get("_target_", ""))
+            if "Slurm" in launcher and shutil.which("sbatch") is None:
+                raise ConfigError(
+                    "hydra/launcher=slurm submits each job with SLURM's sbatch, which is not on this "
+                    "machine's PATH: run it on the cluster's login node, or drop hydra/launcher=slurm"
+                )
         except ConfigError as e:
             sys.exit(f"error: {e}")
         # Optuna's sqlite storage lives here and is opened before the launcher creates the folder.
