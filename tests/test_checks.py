@@ -89,6 +89,13 @@ def test_bad_setting_is_refused_in_one_line(cfg_factory, overrides, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_picture_size_of_nothing_is_refused(cfg_factory):
+    with pytest.raises(Exception) as error:  # raised in the constructor, wrapped by Hydra's instantiate
+        train(cfg_factory("callbacks.fit_pictures.size=[0,0]"))
+    expected = "callbacks.fit_pictures.size=[0, 0] must be a width and height of 16 pixels"
+    assert expected in one_line(error.value)
+
+
 def test_a_growth_factor_that_would_stop_at_once_is_refused(cfg_factory):
     with pytest.raises(Exception) as error:  # raised in the constructor, wrapped by Hydra's instantiate
         train(cfg_factory("callbacks.divergence.growth_factor=1.0"))

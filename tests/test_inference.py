@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from litlab.checkpoints import load
-from litlab.errors import ConfigError
+from litlab.errors import ConfigError, one_line
 from litlab.inference import evaluate, predict, read_csv
 from litlab.train import train
 from tests.conftest import CONF, compose_train, run_train
@@ -97,7 +97,9 @@ def test_checkpoint_of_another_model_is_refused_in_one_line(temperature_run, tmp
         tmp_path / "run" / "checkpoints" / "last.ckpt", temperature_run / "checkpoints" / "other.ckpt"
     )
     ckpt = temperature_run / "checkpoints" / "other.ckpt"
-    with pytest.raises(ConfigError, match=r"holds a model \(binary, 2 input\(s\)") as error:
+    with pytest.raises(
+        ConfigError, match=r"other.ckpt was made with .*: put .* back \(config.yaml\)"
+    ) as error:
         evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={ckpt}"))
     assert "\n" not in str(error.value)
     ckpt.unlink()
@@ -135,10 +137,27 @@ def test_wrong_input_width_is_refused(temperature_run, tmp_path):
         predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", "inputs=[[1,2]]"))
 
 
-@pytest.mark.parametrize("inputs", ["[[abc]]", "[[1],[2,3]]"])
-def test_inputs_that_are_not_rows_of_numbers_are_refused(temperature_run, tmp_path, inputs):
-    with pytest.raises(ConfigError, match=r"is not rows of numbers such as \[\[81.9\], \[60.0\]\]"):
+@pytest.mark.parametrize(
+    "inputs,message",
+    [
+        ("[[1],[2,3]]", r"is not rows of numbers such as \[\[81.9\], \[60.0\]\]"),
+        ("[[abc]]", "'abc' is not a finite number that float32 holds"),
+        ("[[nan]]", "nan is not a finite number"),
+        ("[[inf]]", "inf is not a finite number"),
+        ("[[1e308]]", r"1e\+308 is not a finite number that float32 holds"),
+        ("[[true]]", "True is not a finite number"),
+    ],
+)
+def test_inputs_that_are_not_rows_of_finite_numbers_are_refused(temperature_run, tmp_path, inputs, message):
+    with pytest.raises(ConfigError, match=message):
         predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"inputs={inputs}"))
+
+
+def test_an_input_file_that_is_a_directory_is_one_line(temperature_run, tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"is not a file \(a directory, a pipe, a device\): give a CSV file"
+    ):
+        predict(compose_entry(tmp_path, "predict", f"ckpt_path={temperature_run}", f"input_file={tmp_path}"))
 
 
 @pytest.mark.parametrize("entry", ["eval", "predict"])
@@ -230,6 +249,52 @@ def test_an_optimizer_setting_edited_in_config_yaml_is_refused_on_resume(tempera
     saved.optimizer.lr = 0.1
     OmegaConf.save(saved, run / "config.yaml")
     with pytest.raises(
-        ConfigError, match=r"trained with optimizer.lr=0.01, but the run's config.yaml says 0.1"
+        ConfigError, match=r"sets optimizer.lr=0.1, but last.ckpt was made with optimizer.lr=0.01"
     ):
         train(compose_train(tmp_path, f"resume={run}"))
+
+
+def edited(value: object) -> object:
+    """Another value of the same kind: what a hand edit of config.yaml might make of it."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value * 2 + 1
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list):
+        return [*value, value[-1]] if value else [1]
+    return "edited"
+
+
+@pytest.mark.slow
+def test_every_edit_of_a_saved_config_is_honoured_or_refused_in_one_line_and_writes_nothing(tmp_path):
+    """Each leaf of an MLP run's config.yaml edited in turn: a key that shapes the result (every key but
+    checkpoints.MAY_DIFFER's) is refused in one line naming it; eval of the others gives the run's metrics;
+    the run's files are the same bytes after each."""
+    from litlab.checkpoints import MAY_DIFFER, leaves_of
+    from tests.test_robustness import tree
+
+    train(compose_train(tmp_path, "model=mlp", "scheduler=step", "trainer.max_epochs=5"))
+    run = tmp_path / "run"
+    original = (run / "config.yaml").read_text()
+    expected = evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}"))
+    before = tree(run)
+    refused = 0
+    for key, value in leaves_of(OmegaConf.to_container(OmegaConf.load(run / "config.yaml"))):
+        config = OmegaConf.load(run / "config.yaml")
+        OmegaConf.update(config, key, edited(value), merge=False)
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(config))
+        try:
+            if any(key == k or key.startswith(f"{k}.") for k in MAY_DIFFER):
+                continue  # where the run is and how it is watched: the same run, honoured when resumed
+            with pytest.raises(Exception) as error:  # noqa: B017 - any error, as long as it is one line
+                evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}"))
+            message = one_line(error.value)
+            assert message is not None and "\n" not in message, f"{key}: {error.value!r}"
+            refused += 1
+        finally:
+            (run / "config.yaml").write_text(original)
+        assert tree(run) == before, key
+    assert refused > 20
+    assert evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}")) == expected

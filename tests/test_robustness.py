@@ -299,3 +299,40 @@ def test_a_refused_command_changes_no_byte_under_logs(tmp_path):
     run_train(tmp_path, f"resume={typed}", "trainer.max_epochs=4")  # a finished run: no epoch to train
     again = json.loads((run / "metrics.json").read_text())["metrics"]
     assert again == metrics and {"train/loss", "train/gap", "train/r2", "val/loss"} <= set(again)
+
+
+@pytest.mark.slow
+def test_sigterm_before_training_is_one_line_and_leaves_nothing(tmp_path):
+    proc = start(tmp_path, "trainer.max_epochs=3")
+    time.sleep(1.0)  # composing done, torch still importing: before any training
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 1 and err.strip().splitlines() == [
+        "error: stopped by SIGTERM; each run that had started training keeps its last.ckpt"
+    ], err
+    assert not (tmp_path / "logs").exists()  # the run directory Hydra had made is gone again
+
+
+@pytest.mark.slow
+def test_a_log_dir_under_a_file_and_a_bad_launcher_variable_are_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    cases = {
+        (f"paths.log_dir={tmp_path / 'afile' / 'logs'}",): "Not a directory: choose a place of your own",
+        ("paths.log_dir=/proc/litlab/logs",): "cannot use /proc/litlab",
+    }
+    for args, expected in cases.items():
+        code, err = finish(start(tmp_path, *args))
+        assert code == 1 and len(err.strip().splitlines()) == 1 and expected in err, err
+    code, err = finish(start(tmp_path, WORLD_SIZE="abc", TORCHELASTIC_RUN_ID="x"))
+    assert code == 1 and err.strip() == (
+        "error: the environment variable WORLD_SIZE=abc is not a whole number: correct or unset it"
+    )
+
+
+@pytest.mark.slow
+def test_a_network_too_large_for_memory_and_slurm_without_slurm_are_one_line(tmp_path):
+    code, err = finish(start(tmp_path, "model=mlp", "model.net.hidden=[100000000000]"))
+    assert code == 1 and err.strip().startswith("error: out of memory: the model or the data does not fit")
+    bare = f"{os.path.dirname(sys.executable)}:/nonexistent"  # no sbatch on this PATH
+    code, err = finish(start(tmp_path, "-m", "hydra/launcher=slurm", PATH=bare))
+    assert code == 1 and "hydra/launcher=slurm submits each job with SLURM's sbatch, which is not" in err

@@ -236,9 +236,12 @@ def test_grid_sweep_in_parallel_summary_matches_the_jobs(tmp_path, capsys):
     assert settings["test"][1] == "paired t, 2 seeds" and settings["p"][1] == pytest.approx(paired)
     assert (sweep_dir / "summary.md").read_text().count("\n| ") >= 4 + 2
 
-    compare_main([str(sweep_dir), "--by", "seed"])  # any past sweep, grouped by another key
+    with pytest.raises(SystemExit) as refused:  # pooling the optimizers as if they were seeds
+        compare_main([str(sweep_dir), "--by", "seed"])
+    assert "would pool runs that differ in optimizer as if they were seeds" in str(refused.value)
+    compare_main([str(sweep_dir), "--by", "seed", "optimizer"])  # any past sweep, grouped by other keys
     by_seed = capsys.readouterr().out.split("## Settings")[1]
-    assert "| seed=0 |" in by_seed and "| seed=1 |" in by_seed and "optimizer=" not in by_seed
+    assert "| seed=0 optimizer=adam |" in by_seed and "| seed=1 optimizer=sgd |" in by_seed
 
 
 @pytest.mark.slow

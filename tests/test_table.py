@@ -148,3 +148,20 @@ def test_parquet_columns_keep_their_types(tmp_path):
     parquet.write_table(columns, tmp_path / "t.parquet")
     data = table(tmp_path / "t.parquet", ["binary"], target="y", categorical=["kind"], val_fraction=0.0)
     assert data.task == "binary" and data.input_names == ["x", "kind=a", "kind=b"]
+
+
+def test_a_data_file_whose_target_changed_is_refused_on_resume_and_eval(tmp_path):
+    """Same size, same inputs, other targets: the normalisation cannot tell, the checkpoint's hash can."""
+    from litlab.inference import evaluate
+    from tests.test_inference import compose_entry
+
+    rows = [(i % 7, (i * 37) % 11) for i in range(40)]
+    path = write(tmp_path / "t.csv", "x,y\n" + "".join(f"{x},{y}.5\n" for x, y in rows))
+    train(compose_train(tmp_path, "data=table", f"data.path={path}", "data.target=y", "trainer.max_epochs=2"))
+    write(path, "x,y\n" + "".join(f"{x},{y + 1}.5\n" for x, y in rows))
+    with pytest.raises(
+        ConfigError, match=r"the data differs from what .*last.ckpt was trained on \(the training"
+    ):
+        train(compose_train(tmp_path, f"resume={tmp_path / 'run'}", "trainer.max_epochs=3"))
+    with pytest.raises(ConfigError, match="the training targets differ"):
+        evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={tmp_path / 'run'}"))

@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from litlab.models.task import TaskModel
 from litlab.nets import Linear
 from litlab.train import train
-from tests.conftest import ROOT, run_dirs, run_train
+from tests.conftest import ROOT, compose_train, run_dirs, run_train
 
 
 def events(run_dir):
@@ -138,3 +138,10 @@ def test_template_gives_the_plain_loops_loss_exactly(cfg_factory):
     from bench import plain_book
 
     assert train(cfg_factory("experiment=book_temperature", "trainer=cpu")) == plain_book()
+
+
+def test_a_fast_dev_run_is_recorded_as_a_debug_run_never_as_a_result(tmp_path, caplog):
+    caplog.set_level("INFO")
+    train(compose_train(tmp_path, "debug=fast_dev_run"))
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "debug"
+    assert "fast_dev_run (one batch)" in caplog.text and "1000 epochs" not in caplog.text

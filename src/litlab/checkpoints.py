@@ -201,8 +201,66 @@ def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L
         )
     if (changed := normalisation_change(values, data)) is not None:
         raise ConfigError(
-            f"the data gives other normalisation statistics than {ckpt} was trained with ({changed}): has "
-            "the data file changed?"
+            f"the data differs from what {ckpt} was trained on ({changed}): has the data file changed? "
+            "Restore it, or train a new run"
+        )
+
+
+# The keys of a run's config that may differ from what its checkpoint was made with (ResumeState keeps that
+# config): where the run is, how it is watched, how far it trains. Every other key shapes the result: a
+# resume, eval or predict refuses a config.yaml edited there (check_unchanged).
+MAY_DIFFER = (
+    "resume",
+    "task_name",
+    "threads",
+    "paths",
+    "logger",
+    "hparams_search",
+    "sweep",
+    "trainer.accelerator",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+    "trainer.max_epochs",
+    "trainer.default_root_dir",
+    "trainer.log_every_n_steps",
+    "trainer.enable_model_summary",
+    "trainer.enable_progress_bar",
+    "callbacks.progress_bar",
+    "callbacks.fit_pictures",
+    "callbacks.config_text",
+    "callbacks.optimum_gap",
+    "callbacks.model_checkpoint.dirpath",
+    "callbacks.last_checkpoint",
+    "callbacks.safe_stop",
+    "callbacks.resume_state",
+)
+CONFIG = "config"  # the checkpoint's copy of the run's config (ResumeState)
+
+
+def leaves_of(node: object, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted key, value) of a plain config's leaves; a list is one value."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves_of(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def check_unchanged(values: dict, ckpt: Path, run_dir: Path) -> None:
+    """Refuse a run whose config.yaml differs from the config its checkpoint was made with, in a key that
+    shapes the result (every key but MAY_DIFFER's): one line naming the key and both values."""
+    if CONFIG not in values:  # a checkpoint of an older version of the template: nothing to compare with
+        return
+    then = dict(leaves_of(values[CONFIG]))
+    now = dict(leaves_of(OmegaConf.to_container(relocated(load_config(run_dir / "config.yaml"), run_dir))))
+    for key in sorted(then.keys() | now.keys()):
+        if any(key == k or key.startswith(f"{k}.") for k in MAY_DIFFER) or then.get(key) == now.get(key):
+            continue
+        before, after = (d.get(key, "(absent)") for d in (then, now))
+        raise ConfigError(
+            f"{run_dir / 'config.yaml'} sets {key}={after}, but {ckpt.name} was made with {key}={before}: "
+            f"put {key}={before} back (config.yaml), or train a new run with the new value"
         )
 
 
@@ -320,6 +378,8 @@ class ResumeState(Callback):
     on_epoch=True)` sums are Lightning's, not saved: after a mid-epoch resume they cover the batches
     after it.)"""
 
+    config: dict | None = None  # the run's resolved config, kept in every checkpoint (train.py sets it)
+
     def state_dict(self) -> dict:
         state = {"cpu": torch.get_rng_state()}
         if torch.cuda.is_available():
@@ -350,6 +410,8 @@ class ResumeState(Callback):
                 checkpoint["loader_restarts"] = [trainer.current_epoch, batches["current"]["processed"]]
         if trainer.datamodule is not None:  # what predict.py and a resume's checks need of the data
             checkpoint[RECORD] = record(trainer.datamodule)
+        if self.config is not None:  # what a resume, eval and predict compare config.yaml with
+            checkpoint[CONFIG] = self.config
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         restore_metric_states(pl_module, checkpoint.get("metric_states", {}))

@@ -14,11 +14,12 @@ import os
 from collections.abc import Iterator
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from litlab.errors import ConfigError
+from litlab.errors import ConfigError, flat
 from litlab.signatures import arguments
 
 TASKS = ("regression", "binary", "multiclass")
@@ -308,8 +309,9 @@ def check_optimizer(opt: DictConfig) -> None:
 
     try:  # torch's own checks (betas, eps, alpha, nesterov without momentum, ...) now rather than at fit
         instantiate(opt)([torch.zeros(1, requires_grad=True)])
-    except ValueError as e:
-        raise ConfigError(f"{opt._target_} refuses these optimizer settings: {e}") from e
+    except (ValueError, TypeError, InstantiationException) as e:  # a setting, or _partial_ lost
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ else e
+        raise ConfigError(f"{opt._target_} refuses these optimizer settings: {flat(str(cause))}") from e
 
 
 def resolved_accelerator(name: str) -> str:

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from litlab.data.contract import batches, has_split, normalisation, provides, sample, whole_splits
+from litlab.errors import ConfigError
 from litlab.models.task import Model
 from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
 
@@ -440,6 +441,11 @@ class FitPictures(L.Callback):
         size: tuple[int, int] = (640, 480),
         max_points: int = 20_000,
     ):
+        if len(size) != 2 or not all(isinstance(v, int) and v >= 16 for v in size):
+            raise ConfigError(
+                f"callbacks.fit_pictures.size={list(size)} must be a width and height of 16 pixels or more: "
+                "try callbacks.fit_pictures.size=[640,480]"
+            )
         self.every_n_epochs = every_n_epochs
         self.max_points = max_points
         self.max_records = max_records

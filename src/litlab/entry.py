@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
-from litlab.errors import ConfigError, disk_full, one_line, user_error
+from litlab.errors import ConfigError, disk_full, one_line
 
 # Raised inside Lightning 2.6 by torch >= 2.10's pytree; says nothing about the user's run.
 warnings.filterwarnings("ignore", message=".*isinstance.treespec, LeafSpec.*")
@@ -71,13 +71,25 @@ def locate(path: str | Path, default: str = "last.ckpt") -> tuple[Path, Path]:
     return run_dir, ckpt
 
 
+def env_int(name: str, default: int = 1) -> int:
+    """A whole number that a launcher (SLURM, torchrun) or the user put in the environment."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit():
+        raise ConfigError(
+            f"the environment variable {name}={value} is not a whole number: correct or unset it"
+        )
+    return int(value)
+
+
 def run_name() -> str:
     """A new run's directory name: <date_time_microseconds>-<pid>. For one of several ranks that a launcher
     started together (srun, torchrun: every rank runs train.py), a name all ranks derive alike, so that they
     share one run directory, which rank 0 writes: slurm-<job id>.<step id>, torchrun-<its --rdzv-id>."""
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+    if env_int("SLURM_NTASKS") > 1 and "SLURM_JOB_ID" in os.environ:
         return f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
+    if env_int("WORLD_SIZE") > 1 and "TORCHELASTIC_RUN_ID" in os.environ:
         run_id = os.environ["TORCHELASTIC_RUN_ID"]
         if run_id in ("", "none"):
             raise ConfigError(
@@ -170,9 +182,11 @@ class RunLog(logging.FileHandler):
 
     started = False
     held: typing.ClassVar[list[tuple[logging.Handler, logging.LogRecord]]] = []
+    run_dir: Path | None = None  # a single run's directory (Hydra's job config may be gone at its end)
 
     def __init__(self, filename: str, **kwargs: typing.Any):
         super().__init__(filename, delay=True, **kwargs)
+        RunLog.run_dir = None if in_sweep() else Path(filename).absolute().parent
 
     def emit(self, record: logging.LogRecord) -> None:
         if RunLog.started or in_sweep():
@@ -192,9 +206,9 @@ class RunLog(logging.FileHandler):
 def discard_refused_run() -> None:
     """After a refusal before the work started: remove the new run directory Hydra made (and the parents it
     made for it), where it holds nothing but Hydra's .hydra/ (a resume's own directory is never touched)."""
-    if RunLog.started or not MADE or MADE[0] is None or not HydraConfig.initialized() or in_sweep():
+    if RunLog.started or not MADE or MADE[0] is None or RunLog.run_dir is None:
         return
-    made, run_dir = MADE[0], Path(HydraConfig.get().runtime.output_dir).absolute()
+    made, run_dir = MADE[0], RunLog.run_dir
     written = [p for p in made.rglob("*") if p.is_file()]
     if made.is_dir() and all(p.is_relative_to(run_dir / ".hydra") or p == run_dir / ".lock" for p in written):
         shutil.rmtree(made, ignore_errors=True)
@@ -205,13 +219,13 @@ FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR") == "1"  # the user's wish, befor
 
 
 def exit_on_user_error(error: Exception) -> None:
-    """In a Hydra task's `except`: exit with `error: <one line>` for a UserError, else re-raise.
-    (Here rather than in run(): Hydra would first print the job's overrides.)"""
-    cause = user_error(error)
-    if cause is None or FULL_ERROR:
+    """In a Hydra task's `except`: exit with `error: <one line>` for an error the user can act on (errors.py:
+    one_line), else re-raise. (Here rather than in run(): Hydra would first print the job's overrides.)"""
+    message = one_line(error)
+    if message is None or FULL_ERROR:
         raise error
     discard_refused_run()
-    sys.exit(f"error: {cause}")
+    sys.exit(f"error: {message}")
 
 
 def children() -> list[int]:
@@ -274,6 +288,16 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     raise KeyboardInterrupt("SIGTERM")
 
 
+# Set while a run trains and records how it ended: Lightning's and SafeStop's handlers stop it where it can
+# resume. Outside (start-up, checks, the last lines) a SIGTERM stops the command in one line (run()).
+TRAINING = threading.Event()
+
+
+def stop_outside_training(signum: int, frame: object) -> None:
+    if not TRAINING.is_set():
+        raise KeyboardInterrupt("SIGTERM")
+
+
 def quiet_disk_full(args: threading.ExceptHookArgs) -> None:
     """Threads' excepthook: a writer thread that found the disk full (TensorBoard's) prints nothing; the main
     thread meets the same error at its next write and says it in one line."""
@@ -304,11 +328,13 @@ def run(main: Callable[[], object]) -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     sys.argv[1:] = paths_as_typed(sys.argv[1:])
     threading.excepthook = quiet_disk_full
+    signal.signal(signal.SIGTERM, stop_outside_training)
     try:
         main()
-    except KeyboardInterrupt as e:  # in a parallel sweep's main process; a job stops by itself (SystemExit)
-        if FULL_ERROR:
+    except KeyboardInterrupt as e:  # outside training, or in a parallel sweep's main process (a job stops
+        if FULL_ERROR:  # by itself: SystemExit)
             raise
+        discard_refused_run()  # stopped before it started: nothing of it stays
         why = "SIGTERM" if str(e) == "SIGTERM" else "Ctrl-C"
         sys.exit(f"error: stopped by {why}; each run that had started training keeps its last.ckpt")
     except Exception as e:

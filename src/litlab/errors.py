@@ -63,6 +63,21 @@ def one_line(error: BaseException) -> str | None:
     """What to print for an error the user caused (ours, Hydra's composition, OmegaConf's); None for a bug."""
     if (ours := user_error(error)) is not None:
         return str(ours)
+    if isinstance(error, MemoryError) or any(
+        w in str(error) for w in ("can't allocate memory", "out of memory")
+    ):
+        return (
+            "out of memory: the model or the data does not fit in this machine's memory; use a smaller "
+            "network (model.net.hidden), a smaller data.batch_size, or data.stream=true for a large table"
+        )
+    if (
+        isinstance(error, PermissionError | NotADirectoryError | FileExistsError | FileNotFoundError)
+        and error.filename
+    ):
+        return (
+            f"cannot use {error.filename}: {error.strerror}: choose a place of your own for the runs "
+            "(paths.root_dir=... or paths.log_dir=...) or the file named"
+        )
     if isinstance(error, MissingConfigException) and error.options is not None:
         group, _, option = (error.missing_cfg_file or "").rpartition("/")
         return f"there is no {group}={option}: the {group} options are {', '.join(error.options)}"

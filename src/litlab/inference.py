@@ -12,7 +12,14 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
-from litlab.checkpoints import check_compatible, command_overrides, load, locate, saved_config
+from litlab.checkpoints import (
+    check_compatible,
+    check_unchanged,
+    command_overrides,
+    load,
+    locate,
+    saved_config,
+)
 from litlab.checks import check_config
 from litlab.data.contract import describe, has_split, saved_index_inputs, saved_normalisation
 from litlab.data.files import is_float, not_utf8, number
@@ -29,9 +36,10 @@ def rebuild(
 ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
     """The data and model of the run that cfg.ckpt_path names, built from its config.yaml, weights loaded."""
     ckpt, saved = saved_run(cfg, honoured)
+    values = load(ckpt)
+    check_unchanged(values, ckpt, ckpt.parent.parent)  # before anything is built from an edited config.yaml
     threads = use_threads(saved)  # the run's own number: the same arithmetic as in training
     data, model, found = build(saved)
-    values = load(ckpt)
     check_compatible(values, ckpt, model, data)
     model.load_state_dict(values["state_dict"])
     RunLog.start()  # every check passed: from here on this command's directory is written
@@ -86,6 +94,10 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
         table = read_csv(Path(cfg.input_file))
     else:
         values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
+        cells = values if not values or not isinstance(values[0], list) else [c for r in values for c in r]
+        for cell in cells:  # as input_file= refuses them: a flag, text, nan, inf, or beyond float32
+            if isinstance(cell, bool) or not isinstance(cell, int | float) or number(str(cell)) is None:
+                raise ConfigError(f"inputs={values}: {cell!r} is not a finite number that float32 holds")
         try:
             x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
         except (TypeError, ValueError) as e:  # a word, a ragged row
@@ -105,6 +117,8 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
 def read_csv(path: Path) -> pd.DataFrame:
     """A CSV of finite numbers, with or without a header row: a first row is a header where a cell of it is
     not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names)."""
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"input_file={path} is not a file (a directory, a pipe, a device): give a CSV file")
     if not path.is_file():
         raise ConfigError(f"input_file={path} does not exist")
     try:

@@ -8,6 +8,7 @@ callback in every single run too, and those imports cost about a second."""
 import json
 import logging
 import math
+import shutil
 import signal
 import sys
 import time
@@ -335,6 +336,12 @@ def summarise(
         raise ConfigError(
             f"--by {' '.join(unknown)}: not an override of this sweep; its keys: {' '.join(varying)}"
         )
+    pooled = [k for k in varying if k not in (*by, "seed")]
+    if pooled:  # runs that differ in them would count as repeats of one setting, as seeds do
+        raise ConfigError(
+            f"--by {' '.join(by) or '(none)'} would pool runs that differ in {', '.join(pooled)} as if they "
+            f"were seeds: add them (--by {' '.join([*by, *pooled])})"
+        )
     settings = compare_settings(jobs, by, optimized_metric, optimized_mode, min_effect)
     text = markdown(sweep_dir, jobs, varying, settings, optimized_metric, optimized_mode, min_effect)
     return jobs, settings, text
@@ -394,6 +401,12 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_multirun_strategy(config.trainer, config.hydra)
+            launcher = str(config.hydra.launcher.get("_target_", ""))
+            if "Slurm" in launcher and shutil.which("sbatch") is None:
+                raise ConfigError(
+                    "hydra/launcher=slurm submits each job with SLURM's sbatch, which is not on this "
+                    "machine's PATH: run it on the cluster's login node, or drop hydra/launcher=slurm"
+                )
         except ConfigError as e:
             sys.exit(f"error: {e}")
         # Optuna's sqlite storage lives here and is opened before the launcher creates the folder.

@@ -21,10 +21,12 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from litlab.callbacks import Pruning, SafeStop
 from litlab.checkpoints import (
+    ResumeState,
     check_compatible,
     check_epochs,
     check_optimizer,
     check_resumable,
+    check_unchanged,
     command_overrides,
     epochs_done,
     load,
@@ -47,7 +49,7 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
+from litlab.entry import TRAINING, RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -139,7 +141,9 @@ def finish(
     """Record how the run ended (ok, pruned, diverged, interrupted) in TensorBoard's hparams and
     metrics.json."""
     status = (
-        "pruned"
+        "debug"  # trainer.fast_dev_run: a check that every part runs, never a result (summaries skip it)
+        if trainer.fast_dev_run and stopped is None
+        else "pruned"
         if pruned
         else "ok"
         if stopped is None
@@ -157,7 +161,7 @@ def finish(
                 hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
             order = [cfg.optimized_metric, *(m for m in ("train/loss", "val/loss") if m in metrics)]
             logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
-            logger.finalize("success" if status in ("ok", "pruned") else "failed")
+            logger.finalize("success" if status in ("ok", "pruned", "debug") else "failed")
     error = str(stopped or "").removeprefix("error: ")
     if trainer.is_global_zero:  # ranks that srun or torchrun started share the run directory
         try:
@@ -361,6 +365,9 @@ def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.Lightning
 def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
+    saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
+    if saved is not None:  # before anything is built from a config.yaml edited since
+        check_unchanged(saved, resume_ckpt, Path(cfg.paths.output_dir))
     threads = use_threads(cfg)
     data, model, found = build(cfg)
     has_val = has_split(data, "val")
@@ -376,7 +383,6 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     if fast is not None:
         refuse(cfg.trainer, callbacks, model, fast.epochs_per_step > 0, has_val)
         model.fast_steps = fast
-    saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
     if saved is not None:
         check_epochs(saved, resume_ckpt, cfg.trainer.max_epochs)
         check_optimizer(
@@ -404,16 +410,21 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
+    for callback in callbacks:  # every checkpoint keeps the config it was made with (check_unchanged)
+        if isinstance(callback, ResumeState):
+            callback.config = OmegaConf.to_container(cfg, resolve=True)
     how = fast.describe() if fast is not None else "stepping=lightning"
     if takes(cfg, "optimizer"):
         optimizer = f"optimizer={optimizer_name(cfg)} lr={cfg.optimizer.lr}"
     else:
         optimizer = "its own optimizer (configure_optimizers)"
+    length = f"{cfg.trainer.max_epochs} epochs" if not trainer.fast_dev_run else "fast_dev_run (one batch)"
     log.info(
-        f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {cfg.trainer.max_epochs} epochs, {how}, "
+        f"{describe(data, found)}; {model_choice(cfg)}, {optimizer}, {length}, {how}, "
         f"on {trainer.num_devices} {trainer.strategy.root_device.type} ({threads})"
     )
 
+    TRAINING.set()  # SIGTERM: Lightning's and SafeStop's to handle, until the run has recorded its end
     stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
     if saved is not None:  # a resume that trains no further epoch logs no training metric: keep the run's
         metrics = {**recorded_metrics(out_dir), **metrics}
@@ -438,6 +449,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
     if isinstance(stopped, DiskFull):
         stopped = DiskFull(f"no space left on the disk of {out_dir} after {epochs} epochs")
     status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)
+    TRAINING.clear()  # from here a SIGTERM stops the command in one line; the run stays as recorded
     if isinstance(stopped, DiskFull):
         stopped = no_space(out_dir, epochs, status)
     if stopped is not None:

@@ -22,6 +22,11 @@ def split_sizes(n: int, val_fraction: float, test_fraction: float) -> dict[str, 
 
 def check_sizes(name: str, n: int, sizes: dict[str, int], val_fraction: float, test_fraction: float) -> None:
     """Every split in use holds at least 2 rows (a fit, a standardisation, r2: one row is not enough)."""
+    if n < 2:
+        raise ConfigError(
+            f"data={name} yields {max(n, 0)} rows from its file and settings: a fit needs at least 2; check "
+            "the file (data.path) and the settings that make rows of it"
+        )
     if sizes["train"] < 2:
         raise ConfigError(
             f"data={name}: of its {n} rows, {sizes['train']} are left for training "

@@ -21,6 +21,7 @@ Everything beyond that is a capability, asked for here and nowhere else:
 
 TensorDataModule (data/base.py) has them all; a data module of one's own may add any of them."""
 
+import hashlib
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -337,10 +338,13 @@ def index_inputs(data: L.LightningDataModule) -> bool:
 
 def record(data: L.LightningDataModule) -> dict:
     """What a checkpoint keeps of the data as plain values (checkpoints.ResumeState, under RECORD): its input
-    normalisation, and whether inputs are symbol indices, for predict.py and for the checks of a resume."""
+    normalisation, and whether inputs are symbol indices, for predict.py and for the checks of a resume; and
+    where the data is held whole, a hash of the training targets (a data file whose target changed)."""
     kept: dict = {"index_inputs": index_inputs(data)}
     if (found := normalisation(data)) is not None:
         kept["x_shift"], kept["x_scale"] = (t.tolist() for t in found)
+    if (splits := whole_splits(data)) is not None and "train" in splits:  # which targets it learned
+        kept["targets"] = hashlib.sha256(splits["train"][1].cpu().contiguous().numpy().tobytes()).hexdigest()
     return kept
 
 
@@ -357,6 +361,9 @@ def saved_normalisation(values: dict) -> tuple[Tensor, Tensor] | None:
 
 def normalisation_change(values: dict, data: L.LightningDataModule) -> str | None:
     """'x_shift [..] vs [..]' where the data normalises otherwise than the loaded checkpoint's did."""
+    then = values.get(RECORD, {}).get("targets")
+    if then is not None and then != record(data).get("targets", then):
+        return "the training targets differ"
     saved, now = saved_normalisation(values), normalisation(data)
     if saved is None or now is None:
         return None
