@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -298,3 +299,21 @@ def test_every_edit_of_a_saved_config_is_honoured_or_refused_in_one_line_and_wri
         assert tree(run) == before, key
     assert refused > 20
     assert evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}")) == expected
+
+
+def test_a_checkpoint_with_weights_that_are_not_finite_is_one_line(temperature_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    ckpt = run / "checkpoints" / "last.ckpt"
+    values = torch.load(ckpt, weights_only=True)
+    values["state_dict"]["net.weight"].fill_(float("nan"))
+    torch.save(values, ckpt)
+    with pytest.raises(ConfigError, match=r"holds weights that are not finite \(net.weight: nan or inf\)"):
+        evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}"))
+
+
+def test_a_key_of_an_option_that_sets_none_says_to_choose_an_option():
+    from tests.test_checks import composition_error
+
+    message = composition_error("scheduler.gamma=0.9")
+    assert message.startswith("scheduler.gamma is not a key of scheduler, which has none here")

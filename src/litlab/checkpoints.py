@@ -191,6 +191,12 @@ def describe(hparams: dict) -> str:
 
 def check_compatible(values: dict, ckpt: Path, model: L.LightningModule, data: L.LightningDataModule) -> None:
     """Refuse a checkpoint whose model shape or input normalisation differs from what the config builds."""
+    broken = [k for k, v in values["state_dict"].items() if v.is_floating_point() and not v.isfinite().all()]
+    if broken:
+        raise ConfigError(
+            f"{ckpt} holds weights that are not finite ({broken[0]}: nan or inf): the run had diverged when "
+            "it was saved; use its checkpoints/best.ckpt, or train again with a smaller learning rate"
+        )
     saved_hp = {k: values.get("hyper_parameters", {}).get(k) for k in SHAPE_KEYS}
     built_hp = {k: model.hparams.get(k) for k in SHAPE_KEYS}
     shapes = {k: tuple(v.shape) for k, v in values["state_dict"].items()}

@@ -99,6 +99,11 @@ def unknown_key(error: OmegaConfBaseException) -> str | None:
         return None
     keys = [k for k in node if not str(k).startswith("_") and k != "hydra"]
     parent = error.full_key.rpartition(".")[0]
+    if parent and not keys:  # an option that sets nothing, as scheduler=none
+        return (
+            f"{error.full_key} is not a key of {parent}, which has none here (its option sets none): choose "
+            f"an option of {parent} first, e.g. {parent}=<option> {error.full_key}=... (--help lists them)"
+        )
     where = f"of {parent}" if parent else "at the top level"
     deeper = [f"{parent}.{path}" if parent else path for path in paths_to(node, str(key))]
     close = deeper or difflib.get_close_matches(str(key), keys, n=1)
