@@ -329,6 +329,10 @@ def test_a_log_dir_under_a_file_and_a_bad_launcher_variable_are_one_line(tmp_pat
     assert code == 1 and err.strip() == (
         "error: the environment variable WORLD_SIZE=abc is not a whole number: correct or unset it"
     )
+    code, err = finish(start(tmp_path, "trainer.max_epochs=1", SLURM_NTASKS="2"))  # no SLURM job around it
+    assert code == 1 and err.strip().startswith(
+        "error: Lightning refuses this SLURM environment: You set `--ntasks=2`"
+    )
 
 
 @pytest.mark.slow

@@ -406,6 +406,10 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         )
     except (ValueError, MisconfigurationException) as e:  # Lightning's own refusal of a combination
         raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
+    except RuntimeError as e:  # SLURM's variables that do not fit what Lightning runs (--ntasks alone)
+        if "SLURM" not in str(e):
+            raise
+        raise ConfigError(f"Lightning refuses this SLURM environment: {flat(str(e))}") from e
     out_dir = Path(cfg.paths.output_dir)
     RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
