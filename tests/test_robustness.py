@@ -146,6 +146,8 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
     assert error_lines(err) == [
         "error: stopped by Ctrl-C; each run that had started training keeps its last.ckpt"
     ]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "logs").rglob("metrics.json")]
+    assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # each job saved and recorded
 
 
 @pytest.mark.slow

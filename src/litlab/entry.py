@@ -271,9 +271,11 @@ def busy_elsewhere() -> float | None:
 
 
 def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
-    """SIGTERM handler of a parallel sweep's main process: SIGTERM to its workers, each of which stops its run
-    as a single run does (last.ckpt, metrics.json `interrupted`); once they have ended or gone idle (at most
-    grace_s), the sweep ends as a Ctrl-C ends it, in one line. Without it the workers trained on, orphaned."""
+    """SIGTERM and Ctrl-C handler of a parallel sweep's main process: SIGTERM to its workers (which ignore a
+    Ctrl-C), each of which stops its run as a single run does (last.ckpt, metrics.json `interrupted`); once
+    they have ended or gone idle (at most grace_s), the sweep ends in one line. A second Ctrl-C stops at once.
+    Without it the workers trained on, orphaned, or were killed with no status recorded."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = children()
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
@@ -285,7 +287,7 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
         if all(now[pid] is None or now[pid] == before[pid] for pid in workers):
             break
         before = now
-    raise KeyboardInterrupt("SIGTERM")
+    raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
 
 # Set while a run trains and records how it ended: Lightning's and SafeStop's handlers stop it where it can

@@ -413,6 +413,7 @@ class SweepSummary(Callback):
         Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         if "Joblib" in str(config.hydra.launcher.get("_target_")):  # jobs in worker processes
             signal.signal(signal.SIGTERM, stop_workers)
+            signal.signal(signal.SIGINT, stop_workers)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
