@@ -186,10 +186,11 @@ class RunLog(logging.FileHandler):
 
     def __init__(self, filename: str, **kwargs: typing.Any):
         super().__init__(filename, delay=True, **kwargs)
-        RunLog.run_dir = None if in_sweep() else Path(filename).absolute().parent
+        self.at_once = in_sweep()  # Hydra configures the job's logging once the job's config is set
+        RunLog.run_dir = None if self.at_once else Path(filename).absolute().parent
 
     def emit(self, record: logging.LogRecord) -> None:
-        if RunLog.started or in_sweep():
+        if RunLog.started or self.at_once:
             super().emit(record)
         else:
             RunLog.held.append((self, record))

@@ -24,9 +24,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from litlab.entry import in_sweep
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -385,7 +385,7 @@ def tell(study: Any, trial: Any, value: float | None, state: Any) -> bool:
 def job_trial() -> Any:
     """This job's Optuna trial where it is one of our sweeper's (its job number is the trial's number);
     None in any other run."""
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_sweep():
         return None
     sweeper = HydraConfig.get().sweeper
     if sweeper.get("_target_") != "hydra_plugins.litlab_sweeper.OptunaSweeper":
