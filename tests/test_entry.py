@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from litlab import entry
 from litlab.cockpit import gap
 from litlab.entry import paths_as_typed
 from tests.conftest import ROOT, run_train
@@ -133,6 +134,25 @@ def test_a_sweep_job_resumes_and_evaluates_by_the_path_ls_shows_and_lightning_st
     evaluated = run_train(tmp_path, f"ckpt_path={typed}", script="eval.py")
     for said in (console, evaluated.stdout + evaluated.stderr):
         assert not [w for w in ("Checkpoint directory", "Restoring states", "litmodels", "Tip:") if w in said]
+
+
+def test_a_refused_command_removes_only_its_own_directories(tmp_path, monkeypatch):
+    """Two commands started at once share logs/train/runs/: the refused one leaves the other's new, still
+    empty run directory (the CI failure of aa62979: the other then failed on FileNotFoundError)."""
+    runs = tmp_path / "logs" / "train" / "runs"
+    own, other = runs / "a", runs / "b"
+    (own / ".hydra").mkdir(parents=True)
+    (own / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    other.mkdir()
+    monkeypatch.setattr(entry, "MADE", [tmp_path / "logs"])
+    monkeypatch.setattr(entry.RunLog, "run_dir", own)
+    monkeypatch.setattr(entry.RunLog, "started", False)
+    entry.discard_refused_run()
+    assert not own.exists() and other.is_dir()
+    other.rmdir()
+    (own / ".hydra").mkdir(parents=True)
+    entry.discard_refused_run()
+    assert not (tmp_path / "logs").exists()
 
 
 def test_paths_are_taken_as_typed():

@@ -205,14 +205,23 @@ class RunLog(logging.FileHandler):
 
 
 def discard_refused_run() -> None:
-    """After a refusal before the work started: remove the new run directory Hydra made (and the parents it
-    made for it), where it holds nothing but Hydra's .hydra/ (a resume's own directory is never touched)."""
+    """After a refusal before the work started: remove the new run directory Hydra made, with the .hydra/ it
+    wrote there, and the parents it made for it while they are empty (a resume's own directory is never
+    touched). Directory by directory with rmdir, which leaves one another command has just written into."""
     if RunLog.started or not MADE or MADE[0] is None or RunLog.run_dir is None:
         return
-    made, run_dir = MADE[0], RunLog.run_dir
-    written = [p for p in made.rglob("*") if p.is_file()]
-    if made.is_dir() and all(p.is_relative_to(run_dir / ".hydra") or p == run_dir / ".lock" for p in written):
-        shutil.rmtree(made, ignore_errors=True)
+    made, run_dir = MADE[0], RunLog.run_dir.absolute()
+    if not run_dir.is_relative_to(made):
+        return
+    shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
+    (run_dir / ".lock").unlink(missing_ok=True)
+    for directory in (run_dir, *run_dir.parents):
+        if not directory.is_relative_to(made):
+            break
+        try:
+            directory.rmdir()
+        except OSError:  # holds more than ours (another run's): it stays
+            break
 
 
 OmegaConf.register_new_resolver("litlab.run_dir", run_dir_of, replace=True)
