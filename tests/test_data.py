@@ -108,6 +108,15 @@ def test_a_csv_cell_that_float32_cannot_hold_is_one_line(tmp_path, cell, why):
         read_wine(path)
 
 
+def test_a_csv_field_over_the_csv_modules_limit_is_one_line(tmp_path):
+    from litlab.data.wine import read_wine
+
+    path = tmp_path / "wine.csv"
+    path.write_text("\n".join([WINE_HEADER, WINE_ROW, '"' + "1" * 200_000 + '"' + WINE_ROW[1:], WINE_ROW]))
+    with pytest.raises(ConfigError, match=r"wine.csv, line 3 is not a row of a ';'-separated table \(field"):
+        read_wine(path)
+
+
 def test_utf8_with_a_bom_and_blank_trailing_lines_reads_and_other_encodings_are_one_line(tmp_path):
     from litlab.data.text import read_book
     from litlab.data.wine import read_wine

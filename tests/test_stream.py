@@ -239,6 +239,9 @@ def test_bad_cells_of_a_streamed_table_are_one_line(tmp_path):
         streamed(tmp_path / "t.parquet")
     with pytest.raises(ConfigError, match="data.target=z is not a column of"):
         TableData(path=str(tmp_path / "t.parquet"), target="z", stream=True).offered()
+    parquet.write_table(pa.table({"x": [1.0, 2.0] * 10, "y": ["a"] * 20}), tmp_path / "one.parquet")
+    with pytest.raises(ConfigError, match="its multiclass target has one class in all 20 rows"):
+        streamed(tmp_path / "one.parquet")
 
 
 def test_auto_s_choice_is_recorded_so_a_resume_reads_the_run_alike(tmp_path, monkeypatch):

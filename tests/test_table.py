@@ -84,6 +84,9 @@ def test_categorical_columns_are_one_hot_in_place_and_words_are_left_out(tmp_pat
         ("x,y\n", {}, "has a header but no rows"),
         ("x,y\n1,2\n3,4\n", {}, "data.val_fraction=0.2 of 2 rows holds out 0"),
         ("x,y\n1,a\n2,a\n3,b\n4,a\n5,c\n6,c\n", {}, "class 'b' has only 1 row"),
+        ("x,y\n" + "1,a\n" * 10, {}, "its multiclass target has one class in all 10 rows"),
+        ("x,y\n" + "1,0\n" * 10, {"task": "multiclass"}, "its multiclass target has one class in all 10"),
+        ("x,y\n1,2\n" + '"' + "1" * 200_000 + '",3\n', {}, "line 3 is not a row of a ','-separated table"),
     ],
 )
 def test_bad_tables_are_one_line(tmp_path, text, kwargs, message):

@@ -42,6 +42,15 @@ def check_sizes(name: str, n: int, sizes: dict[str, int], val_fraction: float, t
             )
 
 
+def check_classes(name: str, task: str, classes: int, rows: int) -> None:
+    """A classification target holds at least two classes (torchmetrics would fail on one, in a traceback)."""
+    if classes < 2:
+        raise ConfigError(
+            f"data={name}: its {task} target has one class in all {rows} rows: a classifier needs at least "
+            "two; check the file (data.path) or choose another target (data.target=)"
+        )
+
+
 def asked_of(poses: list[str], asked: str | None, name: str) -> list[str]:
     """The tasks data poses, or the one that data.task asks for (one line where it poses no such task)."""
     if asked is None:
@@ -266,6 +275,8 @@ class TensorDataModule(L.LightningDataModule):
         if self.task is None:
             self.pose(self.offered()[0])
         x, y = self.read()
+        if self.task != "regression":
+            check_classes(self.name, self.task, len(y.unique()), len(y))
         if self.task == "multiclass":
             self.num_classes = int(y.max()) + 1
         parts = self.split_indices(x.shape[0]).items()

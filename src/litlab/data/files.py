@@ -58,9 +58,15 @@ def read_table(path: Path, columns: list[str], delimiter: str = ",") -> list[lis
     line."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            return table_rows(path, csv.reader(f, delimiter=delimiter), columns)
+            reader = csv.reader(f, delimiter=delimiter)
+            return table_rows(path, reader, columns)
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None
+    except csv.Error as e:  # a field over the csv module's limit (131072 characters), a NUL byte, ...
+        raise ConfigError(
+            f"{path}, line {reader.line_num} is not a row of a {delimiter!r}-separated table ({e}): a binary "
+            "file or a broken line? fix or drop it"
+        ) from None
 
 
 def not_utf8(path: Path, e: UnicodeDecodeError) -> ConfigError:

@@ -33,7 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from litlab.checks import TASKS
-from litlab.data.base import SHUFFLES, asked_of, check_sizes, shift_and_scale, split_sizes
+from litlab.data.base import SHUFFLES, asked_of, check_classes, check_sizes, shift_and_scale, split_sizes
 from litlab.data.files import FLOAT32_MAX, require
 from litlab.data.table import (
     MAX_CLASSES,
@@ -503,6 +503,8 @@ class StreamedTable(L.LightningDataModule):
         found = self.survey()
         if self.task is None:
             self.pose(self.offered()[0])
+        if self.task != "regression":
+            check_classes(self.name, self.task, len(found.layout.classes), int(found.rows_per_class.sum()))
         if self.task != "regression" and found.rows_per_class.min() < 2:
             label = found.layout.classes[int(np.argmin(found.rows_per_class))]
             raise ConfigError(
