@@ -6,9 +6,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +22,7 @@ from litlab.entry import hold, locate, run_dir_of
 from litlab.errors import ConfigError
 from litlab.models.task import EpochMean
 from litlab.train import train
-from tests.conftest import ROOT, compose_train, run_dirs, run_train
+from tests.conftest import ROOT, compose_train, run_dirs, run_train, train_command
 from tests.signal_at import signal_at
 from tests.test_train import events
 
@@ -268,6 +270,40 @@ def test_a_resume_of_a_run_being_written_writes_nothing_into_it(tmp_path):
         "or resume a copy of the run"
     ]
     assert sorted(p.name for p in run.iterdir()) == before  # no .hydra/, no train.log: refused before Hydra
+
+
+# root writes past permissions: as root, a command runs as nobody to meet them
+AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(AS_NOBODY != [] and not shutil.which("setpriv"), reason="root, and no setpriv to drop it")
+def test_a_resume_of_a_read_only_run_is_one_line_and_writes_nothing():
+    """As a user who may not write the run."""
+    with tempfile.TemporaryDirectory() as root:  # pytest's folders are root's alone
+        root = Path(root)
+        root.chmod(0o755)
+        train(compose_train(root, "trainer=cpu", "trainer.max_epochs=5"))
+        run = root / "run"
+        before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+        for p in (run, *run.rglob("*")):
+            p.chmod(p.stat().st_mode & ~0o222)
+        env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+        proc = subprocess.run(
+            [*AS_NOBODY, *train_command(root, f"resume={run}", "trainer.max_epochs=10")],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+            f"error: cannot write into {run} (Permission denied): a resume writes into its run; make it "
+            "writable (chmod -R u+w), or copy it (cp -r) and resume the copy"
+        ]
+        assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        for p in (run, *run.rglob("*")):
+            p.chmod(p.stat().st_mode | 0o200)
 
 
 @pytest.mark.slow

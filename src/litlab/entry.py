@@ -128,7 +128,13 @@ def viewer(log_dir: Path) -> str:
 def hold(run_dir: Path) -> IO:
     """An exclusive lock on a run directory while this process writes it (keep the returned file open):
     a second process that would write the same run, such as two resumes at once, is refused in one line."""
-    handle = open(run_dir / ".lock", "a")  # noqa: SIM115 - held open as the lock; "a": the file stays as it is
+    try:
+        handle = open(run_dir / ".lock", "a")  # noqa: SIM115 - held open as the lock; "a": the file stays as is
+    except OSError as e:  # a read-only run (its permissions, a read-only disk)
+        raise ConfigError(
+            f"cannot write into {run_dir} ({e.strerror}): a resume writes into its run; make it writable "
+            "(chmod -R u+w), or copy it (cp -r) and resume the copy"
+        ) from e
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError as e:
