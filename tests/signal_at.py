@@ -7,6 +7,8 @@ import signal
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from litlab.entry import stop_outside_training
+
 
 class SignalAt(Callback):
     """`name` (SIGTERM or SIGINT) to this process in `hook` of Lightning epoch `epoch` (at Lightning batch
@@ -17,14 +19,21 @@ class SignalAt(Callback):
     def __init__(self, name: str, hook: str, epoch: int, batch: int = 0):
         super().__init__()
         self.signal, self.hook, self.epoch, self.batch = getattr(signal, name), hook, epoch, batch
-        if self.signal == signal.SIGINT:  # as in a terminal (a shell's background job ignores SIGINT)
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.signal == signal.SIGINT and not callable(signal.getsignal(signal.SIGINT)):
+            # as in a terminal (a shell's background job ignores SIGINT): train.py's handler (entry.run)
+            signal.signal(signal.SIGINT, stop_outside_training)
 
     def send(self, trainer: L.Trainer, hook: str, batch: int = 0) -> None:
         due = (hook, trainer.current_epoch, batch) == (self.hook, self.epoch, self.batch)
         if due and trainer.ckpt_path is None and not trainer.sanity_checking:
             self.hook = None  # once
             os.kill(os.getpid(), self.signal)
+
+    def on_fit_start(self, trainer, pl_module) -> None:  # before the first batch: Lightning's set-up
+        self.send(trainer, "on_fit_start")
+
+    def on_fit_end(self, trainer, pl_module) -> None:  # after the last epoch: the run finishes
+        self.send(trainer, "on_fit_end")
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self.send(trainer, "on_train_epoch_start")

@@ -272,6 +272,43 @@ def test_a_resume_of_a_run_being_written_writes_nothing_into_it(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == before  # no .hydra/, no train.log: refused before Hydra
 
 
+@pytest.mark.slow
+def test_a_signal_before_the_first_batch_or_as_the_run_finishes_is_one_line_and_a_recorded_status(tmp_path):
+    """Where neither Lightning's nor SafeStop's handler listens (set-up, final validation, pictures,
+    recording the end): before the first batch the run stops where it resumes; as it finishes it stays ok."""
+    cases = {
+        (name, hook): tmp_path / f"{name}-{hook}"
+        for name in ("SIGTERM", "SIGINT")
+        for hook in ("on_fit_start", "on_fit_end")
+    }
+    procs = {
+        case: subprocess.Popen(
+            train_command(
+                root, "trainer.max_epochs=3", *signal_at(*case, epoch=3 if case[1] == "on_fit_end" else 0)
+            ),
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for case, root in cases.items()
+    }
+    for (name, hook), proc in procs.items():
+        err = proc.communicate(timeout=120)[1].strip().splitlines()
+        why = "SIGTERM" if name == "SIGTERM" else "Ctrl-C"
+        run = run_dirs(cases[name, hook])[0]
+        status = json.loads((run / "metrics.json").read_text())["status"]
+        assert proc.returncode == 1 and err[-1].startswith(f"error: stopped by {why}"), (name, hook, err)
+        assert not [line for line in err[:-1] if "INFO" not in line], err  # no traceback, no Lightning line
+        if hook == "on_fit_end":
+            assert status == "ok" and err[-1] == (
+                f"error: stopped by {why} as the run finished; it trained its 3 epochs and is recorded ok in "
+                f"{run / 'metrics.json'}"
+            )
+        else:
+            assert status == "interrupted" and err[-1].endswith("last.ckpt holds where it stopped")
+
+
 # root writes past permissions: as root, a command runs as nobody to meet them
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
 

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from litlab.data.contract import resumable
-from litlab.entry import in_sweep
+from litlab.entry import DEFERRED, in_sweep
 from litlab.errors import ConfigError, Diverged
 from litlab.stepping import data_epoch, max_data_epochs, metrics_due, steps_per_epoch
 
@@ -224,9 +224,11 @@ class SafeStop(Callback):
         self.inside_epochs = resumable(trainer.train_dataloader)
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
             # Ctrl-C only where it would interrupt (not where SIGINT is ignored, as in a background job)
-            ctrl_c = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            ctrl_c = callable(signal.getsignal(signal.SIGINT))
             signals = (signal.SIGTERM, signal.SIGINT) if ctrl_c else (signal.SIGTERM,)
             self.replaced = {s: signal.signal(s, self.notice) for s in signals}
+            if DEFERRED:  # came during Lightning's set-up (entry.stop_outside_training)
+                self.received = DEFERRED.pop(0)
 
     def notice(self, signum: int, frame) -> None:
         if signum == signal.SIGINT and self.received is not None:  # asked twice: stop now

@@ -307,13 +307,19 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
 
 
 # Set while a run trains and records how it ended: Lightning's and SafeStop's handlers stop it where it can
-# resume. Outside (start-up, checks, the last lines) a SIGTERM stops the command in one line (run()).
+# resume. Outside (start-up, checks, the last lines) a SIGTERM or Ctrl-C stops the command in one line
+# (run()). One that comes while it is set but neither of those listens (Lightning's set-up before the first
+# batch, the final validation, the pictures, recording the end) waits in DEFERRED: SafeStop takes it at the
+# first batch, or the command stops once the run has recorded its end.
 TRAINING = threading.Event()
+DEFERRED: list[str] = []
 
 
 def stop_outside_training(signum: int, frame: object) -> None:
-    if not TRAINING.is_set():
-        raise KeyboardInterrupt("SIGTERM")
+    why = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    if not TRAINING.is_set() or (why == "Ctrl-C" and why in DEFERRED):  # Ctrl-C twice: stop now
+        raise KeyboardInterrupt(why)
+    DEFERRED.append(why)
 
 
 def quiet_disk_full(args: threading.ExceptHookArgs) -> None:
@@ -347,6 +353,8 @@ def run(main: Callable[[], object]) -> None:
     sys.argv[1:] = paths_as_typed(sys.argv[1:])
     threading.excepthook = quiet_disk_full
     signal.signal(signal.SIGTERM, stop_outside_training)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where Ctrl-C is ignored
+        signal.signal(signal.SIGINT, stop_outside_training)
     try:
         main()
     except KeyboardInterrupt as e:  # outside training, or in a parallel sweep's main process (a job stops

@@ -49,7 +49,7 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import TRAINING, RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
+from litlab.entry import DEFERRED, TRAINING, RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -428,6 +428,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         f"on {trainer.num_devices} {trainer.strategy.root_device.type} ({threads})"
     )
 
+    DEFERRED.clear()
     TRAINING.set()  # SIGTERM: Lightning's and SafeStop's to handle, until the run has recorded its end
     stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
     if saved is not None:  # a resume that trains no further epoch logs no training metric: keep the run's
@@ -454,6 +455,11 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         stopped = DiskFull(f"no space left on the disk of {out_dir} after {epochs} epochs")
     status = finish(cfg, trainer, stopped, metrics, epochs, started, pruned)
     TRAINING.clear()  # from here a SIGTERM stops the command in one line; the run stays as recorded
+    if stopped is None and DEFERRED:  # came as the run finished: it stays as recorded, and the command stops
+        stopped = SystemExit(
+            f"error: stopped by {DEFERRED[0]} as the run finished; it trained its {epochs} epochs and is "
+            f"recorded {status} in {out_dir / 'metrics.json'}"
+        )
     if isinstance(stopped, DiskFull):
         stopped = no_space(out_dir, epochs, status)
     if stopped is not None:
