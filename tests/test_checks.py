@@ -9,7 +9,8 @@ import sys
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf, open_dict
 
 from litlab import signatures
 from litlab.checks import check_config, device_count
@@ -179,6 +180,7 @@ def test_a_signature_whose_source_changed_or_whose_package_differs_is_read_live(
 TYPED_MISTAKES = """
 import sys
 from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from litlab.checks import check_config
 from litlab.errors import ConfigError
 for overrides in {mistakes!r}:
@@ -269,6 +271,7 @@ def test_random_overrides_train_or_fail_in_one_line(tmp_path):
 
 # The fuzz: for every option of every group, every leaf key of its config with bad values drawn from these
 # (a word, negatives, zero, huge, nan, empty and non-empty lists and mappings, null, an empty string).
+PARSER = OverridesParser.create()
 BAD_VALUES = ["fast", "-1", "0", "1e308", "nan", "[]", "{}", "null", "''", "-0.5", "2", "[1,2]"]
 
 
@@ -300,6 +303,38 @@ def test_every_key_of_every_group_takes_bad_values_in_one_line_or_passes_the_che
                     assert message is not None and "\n" not in message, f"{overrides}: {e!r}"
                 draws += 1
     assert draws > 0
+
+
+def test_every_key_of_the_sweeper_takes_bad_values_in_one_line_or_passes_its_checks(tmp_path):
+    """The Optuna sweeper's settings (conf/hydra/sweeper/optuna.yaml, with the params of
+    hparams_search=optimizers), each checked before the sweep writes anything."""
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        cfg = compose(
+            "train", [f"paths.root_dir={tmp_path}", "hparams_search=optimizers"], return_hydra_config=True
+        )
+    draws = refused = 0
+    keys = [(k,) for k in cfg.hydra.sweeper if k != "_target_"] + [
+        ("params", k) for k in cfg.hydra.sweeper.params
+    ]
+    for key in keys:  # params' keys hold dots (optimizer.lr): a path of nodes, not a dotted key
+        for bad in BAD_VALUES:
+            edited = cfg.copy()
+            node = edited.hydra.sweeper if len(key) == 1 else edited.hydra.sweeper.params
+            with open_dict(node):
+                node[key[-1]] = PARSER.parse_override(f"k={bad}").value()  # as the command line reads it
+            sweeper = instantiate(edited.hydra.sweeper)
+            sweeper.config = edited
+            try:
+                sweeper.check([])
+            except Exception as e:
+                message = one_line(e)
+                assert message is not None and "\n" not in message, f"{'.'.join(key)}={bad}: {e!r}"
+                refused += 1
+            draws += 1
+    # nothing written
+    assert draws >= 12 * 14 and draws / 2 < refused < draws and not list(tmp_path.iterdir())
 
 
 def test_a_user_error_is_one_line_through_every_wrapper():

@@ -262,9 +262,13 @@ def example(key: str, hint: object, value: object) -> str:
 
 
 def typed(value: object) -> str:
-    """A value as one types it on the command line: [8], true, 0.01."""
-    if isinstance(value, list):
+    """A value as one types it on the command line: [8], {a:1}, true, null, '', 0.01."""
+    if isinstance(value, list | ListConfig):
         return "[" + ",".join(map(typed, value)) + "]"
+    if isinstance(value, dict | DictConfig):
+        return "{" + ",".join(f"{k}:{typed(v)}" for k, v in value.items()) + "}"
+    if value is None or value == "":
+        return "null" if value is None else "''"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 

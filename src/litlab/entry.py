@@ -221,11 +221,17 @@ def discard_refused_run() -> None:
         return
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
     (run_dir / ".lock").unlink(missing_ok=True)
-    for directory in (run_dir, *run_dir.parents):
-        if not directory.is_relative_to(made):
+    remove_empty(run_dir, made)
+
+
+def remove_empty(directory: Path, made: Path) -> None:
+    """Remove directory and its parents up to made (the highest that this command made) while each is empty:
+    rmdir leaves one that another command has just written into."""
+    for path in (directory, *directory.parents):
+        if not path.is_relative_to(made):
             break
         try:
-            directory.rmdir()
+            path.rmdir()
         except OSError:  # holds more than ours (another run's): it stays
             break
 

@@ -409,8 +409,6 @@ class SweepSummary(Callback):
                 )
         except ConfigError as e:
             sys.exit(f"error: {e}")
-        # Optuna's sqlite storage lives here and is opened before the launcher creates the folder.
-        Path(config.hydra.sweep.dir).mkdir(parents=True, exist_ok=True)
         if "Joblib" in str(config.hydra.launcher.get("_target_")):  # jobs in worker processes
             signal.signal(signal.SIGTERM, stop_workers)
             signal.signal(signal.SIGINT, stop_workers)

@@ -12,6 +12,8 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from litlab import search
+from litlab.checks import typed
+from litlab.entry import highest_missing, remove_empty
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,7 @@ class OptunaSweeper(Sweeper):
         self.storage, self.study_name, self.direction = storage, study_name, direction
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.sampler, self.seed, self.pruner = sampler, seed, pruner
-        self.sampler_kwargs = OmegaConf.to_container(sampler_kwargs) if sampler_kwargs else {}
-        self.pruner_kwargs = OmegaConf.to_container(pruner_kwargs) if pruner_kwargs else {}
-        self.params = OmegaConf.to_container(params) if params else {}
+        self.sampler_kwargs, self.pruner_kwargs, self.params = sampler_kwargs, pruner_kwargs, params
         self.custom_search_space = custom_search_space
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -54,22 +54,17 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> None:
         import optuna
 
-        if self.direction not in ("minimize", "maximize"):
-            raise ConfigError(f"hydra.sweeper.direction={self.direction}: minimize or maximize")
-        if not isinstance(self.n_trials, int) or self.n_trials < 1:
-            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} must be a whole number >= 1")
-        rate = self.max_failure_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
-            raise ConfigError(
-                f"hydra.sweeper.max_failure_rate={rate} must be in [0, 1]: 1 never stops the search"
-            )
-        space, fixed = search.parse_space(self.params, arguments)
-        sweep_dir = Path(self.config.hydra.sweep.dir)  # as Hydra's own sweeper: the sweep's config first
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        extend = search.search_space_function(self.custom_search_space) if self.custom_search_space else None
-        storage = search.storage_of(self.storage)
-        pruner = search.pruner_of(self.pruner, self.pruner_kwargs)
+        space, fixed, extend, pruner, batch = self.check(arguments)
+        sweep_dir = Path(self.config.hydra.sweep.dir).absolute()
+        made = highest_missing(sweep_dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # where the default storage lives
+        try:
+            storage = search.storage_of(self.storage)
+        except ConfigError:  # refused: nothing of the sweep stays
+            if made is not None:
+                remove_empty(sweep_dir, made)
+            raise
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")  # as Hydra's own sweeper does
         # A sampler seeded alike in every process (or on every resume) would propose the same trials again:
         # the study's creator takes `seed`; a process that joins or resumes it, `seed` mixed with the trials
         # done and its process id.
@@ -78,7 +73,6 @@ class OptunaSweeper(Sweeper):
         done = len(search.finished(study))
         seed = self.seed if created or self.seed is None else search.joiner_seed(self.seed, done)
         study.sampler = search.sampler_of(self.sampler, self.sampler_kwargs, seed, space)
-        batch = self.batch_size()
         log.info(
             f"study {self.study_name} in {self.storage}: {done} of {self.n_trials} trials done"
             + (f" ({len(interrupted)} interrupted: failed)" if interrupted else "")
@@ -111,6 +105,44 @@ class OptunaSweeper(Sweeper):
                 break
         search.log_best(study)
 
+    def check(self, arguments: list[str]) -> tuple[dict, list[str], Any, Any, int]:
+        """Every setting of the sweeper checked before anything is written (a refused sweep leaves no study,
+        no directory): (the search space, the fixed overrides, the custom search space function, the pruner,
+        trials per batch)."""
+        for key in ("storage", "study_name", "sampler", "pruner"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"hydra.sweeper.{key}={typed(getattr(self, key))} must be a non-empty text")
+        for key in ("sampler_kwargs", "pruner_kwargs", "params"):
+            value = getattr(self, key)
+            if value is not None and not OmegaConf.is_dict(value):
+                raise ConfigError(
+                    f"hydra.sweeper.{key}={typed(value)} must be a mapping of key: value (or {{}})"
+                )
+            setattr(self, key, OmegaConf.to_container(value) if value else {})
+        if self.direction not in ("minimize", "maximize"):
+            raise ConfigError(f"hydra.sweeper.direction={self.direction}: minimize or maximize")
+        if isinstance(self.n_trials, bool) or not isinstance(self.n_trials, int) or self.n_trials < 1:
+            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials} must be a whole number >= 1")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32
+        ):
+            raise ConfigError(f"hydra.sweeper.seed={self.seed} must be a whole number in [0, 2**32), or null")
+        rate = self.max_failure_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ConfigError(
+                f"hydra.sweeper.max_failure_rate={rate} must be in [0, 1]: 1 never stops the search"
+            )
+        custom = self.custom_search_space
+        if custom is not None and not isinstance(custom, str):
+            raise ConfigError(
+                f"hydra.sweeper.custom_search_space={typed(custom)} must name a function, or be null"
+            )
+        space, fixed = search.parse_space(self.params, arguments)
+        extend = search.search_space_function(custom) if custom else None
+        pruner = search.pruner_of(self.pruner, self.pruner_kwargs)
+        search.sampler_of(self.sampler, self.sampler_kwargs, self.seed, space)  # its kwargs, refused here
+        return space, fixed, extend, pruner, self.batch_size()
+
     def run(self, study: Any, trials: list, overrides: list[list[str]]) -> bool:
         """Launch the trials (job number = trial number, so each job finds its trial) and tell Optuna;
         False where the sampler has no more trials to propose."""
@@ -134,7 +166,7 @@ class OptunaSweeper(Sweeper):
         n_jobs, -1 for one per core; submitit: its array_parallelism); 1 for a launcher that runs one job
         at a time."""
         if self.n_jobs is not None:
-            if not isinstance(self.n_jobs, int) or self.n_jobs < 1:
+            if isinstance(self.n_jobs, bool) or not isinstance(self.n_jobs, int) or self.n_jobs < 1:
                 raise ConfigError(f"hydra.sweeper.n_jobs={self.n_jobs} must be a whole number >= 1 (or null)")
             return self.n_jobs
         launcher = self.config.hydra.launcher
