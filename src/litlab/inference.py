@@ -162,6 +162,7 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
     ckpt, saved = saved_run(cfg, honoured=())
     values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
+    check_unchanged(values, ckpt, ckpt.parent.parent)  # before the model is built from an edited config.yaml
     if saved_index_inputs(values):
         raise ConfigError(
             f"{ckpt} is a {saved.data._target_} model over symbol indices: predict.py takes numbers"
