@@ -24,7 +24,7 @@ from litlab.models.task import EpochMean
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train, train_command
 from tests.signal_at import signal_at
-from tests.test_train import events
+from tests.test_train import events, hparams_session
 
 # Minibatch Adam: 64 shuffled batches per epoch, so the epoch order, optimizer moments and step counts
 # all have to come back from the checkpoint for the weights to match bit for bit. Fast stepping: 2 epochs
@@ -307,6 +307,25 @@ def test_a_signal_before_the_first_batch_or_as_the_run_finishes_is_one_line_and_
             )
         else:
             assert status == "interrupted" and err[-1].endswith("last.ckpt holds where it stopped")
+
+
+@pytest.mark.slow
+def test_a_resumed_run_keeps_its_own_choices_in_its_first_line_and_hparams(tmp_path):
+    """The resume command composes the defaults (data=temperature, model=linear) around the saved config:
+    the run's names come from what Hydra recorded when it started."""
+    run_train(tmp_path, "model=mlp", "data=regression", "optimizer=adam", "trainer.max_epochs=2")
+    (run,) = run_dirs(tmp_path)
+    proc = run_train(tmp_path, f"resume={run}", "trainer.max_epochs=4")
+    first = next(line for line in proc.stdout.splitlines() if " inputs -> " in line)
+    assert "model=mlp, optimizer=Adam" in first and "4 epochs" in first, first
+    resumed = sorted(run.glob("events.out.tfevents.*"))[-1]  # the session the resume wrote (each process
+    hparams, _ = hparams_session(events(resumed))  # writes one): before, data=temperature, model=linear
+    assert (hparams["data"], hparams["model"], hparams["optimizer"], hparams["epochs"]) == (
+        "regression",
+        "mlp",
+        "Adam",
+        4,
+    )
 
 
 # root writes past permissions: as root, a command runs as nobody to meet them

@@ -108,6 +108,18 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+def run_choices(run_dir: str | Path) -> dict[str, str]:
+    """The run's own options (data=wine, model=mlp, ...), as Hydra recorded them when the run started
+    (.hydra/hydra.yaml): a resume's command composes the defaults (model=linear) around the saved config.
+    Hydra's choices of this command where the run has no record of its own (a test without Hydra: none)."""
+    recorded = Path(run_dir) / ".hydra" / "hydra.yaml"
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no record, or one edited beyond reading
+        return {k: v for k, v in OmegaConf.load(recorded).hydra.runtime.choices.items() if v is not None}
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
 def as_typed(path: Path) -> Path:
     """A path as the user would type it: relative to the working directory where it lies below it."""
     path = path.absolute()

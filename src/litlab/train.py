@@ -49,7 +49,17 @@ from litlab.data.contract import (
     settled,
     split_declared,
 )
-from litlab.entry import DEFERRED, TRAINING, RunLog, as_typed, busy_elsewhere, hold, in_sweep, viewer
+from litlab.entry import (
+    DEFERRED,
+    TRAINING,
+    RunLog,
+    as_typed,
+    busy_elsewhere,
+    hold,
+    in_sweep,
+    run_choices,
+    viewer,
+)
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
 from litlab.signatures import arguments
@@ -88,10 +98,9 @@ def hparams_of(cfg: DictConfig) -> dict:
     ours = [g for g in ("optimizer", "scheduler") if takes(cfg, g)]
     if "optimizer" in ours:
         flat["optimizer"] = optimizer_name(cfg)
-    if HydraConfig.initialized():  # data=wine, model=mlp, ...: the options as typed
-        choices = HydraConfig.get().runtime.choices
-        typed = ("data", "model", *(g for g in ours if g != "optimizer"), "experiment")  # optimizer: above
-        flat |= {g: choices[g] for g in typed if choices.get(g)}
+    choices = run_choices(cfg.paths.output_dir)  # data=wine, model=mlp, ...: the options as typed
+    typed = ("data", "model", *(g for g in ours if g != "optimizer"), "experiment")  # optimizer: above
+    flat |= {g: choices[g] for g in typed if choices.get(g)}
     for group in ("data", "model", *ours):
         for key, value in flatten(chosen.get(group) or {}).items():
             flat[f"{group}.{key}"] = plain(value)
@@ -191,7 +200,7 @@ def no_space(out_dir: Path, epochs: int, status: str) -> SystemExit:
 
 def model_choice(cfg: DictConfig) -> str:
     """'model=<option>' as the user chose it (Hydra's choice), else the model's network class."""
-    if HydraConfig.initialized() and (choice := HydraConfig.get().runtime.choices.get("model")):
+    if choice := run_choices(cfg.paths.output_dir).get("model"):
         return f"model={choice}"
     return f"model.net._target_={cfg.model.net._target_}"
 
