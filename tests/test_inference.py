@@ -57,6 +57,7 @@ def test_predict_on_the_temperature_run_answers_in_celsius(temperature_run, tmp_
     expected = [w * 0.1 * t_u + b for t_u in (81.9, 35.7)]  # the model saw 0.1 * t_u
     assert table["prediction"].tolist() == pytest.approx(expected, rel=1e-5)
     assert table["prediction"][0] == pytest.approx(28.0, abs=2.5)  # the thermometer read 28 C at 81.9
+    assert table.columns.tolist() == ["t_u", "prediction"]  # the data's name for its input
 
 
 def test_predict_from_a_csv_writes_predictions_beside_it(temperature_run, tmp_path):
@@ -89,6 +90,46 @@ def test_predict_classification_gives_the_class_and_its_probability(tmp_path):
     table = predict(compose_entry(tmp_path, "predict", f"ckpt_path={tmp_path / 'run'}", inputs))
     assert table["class"].tolist() == [0, 1]
     assert ((table["probability"] > 0.5) & (table["probability"] <= 1)).all()
+
+
+@pytest.mark.slow
+def test_predict_names_classes_by_their_labels_and_reads_inputs_by_their_names(tmp_path):
+    """A table whose classes are words: predict answers in those words, and reads a file's columns by the
+    names the table gave them (another order, another column beside them)."""
+    rows = [(i % 3 + 0.1 * (i % 7), i % 5, ("cat", "dog", "eel")[i % 3]) for i in range(60)]
+    (tmp_path / "animals.csv").write_text(
+        "size,noise,animal\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
+    )
+    train(
+        compose_train(
+            tmp_path,
+            "data=table",
+            f"data.path={tmp_path / 'animals.csv'}",
+            "data.target=animal",
+            "model=logistic",
+            "optimizer=adam",
+            "optimizer.lr=0.1",
+            "trainer=cpu",
+            "trainer.max_epochs=300",
+        )
+    )
+    (tmp_path / "new.csv").write_text("noise,name,size\n1,a,0.1\n2,b,1.2\n3,c,2.3\n")  # name: not an input
+    table = predict(
+        compose_entry(
+            tmp_path, "predict", f"ckpt_path={tmp_path / 'run'}", f"input_file={tmp_path / 'new.csv'}"
+        )
+    )
+    assert table.columns.tolist() == ["size", "noise", "class", "probability"]
+    assert table["class"].tolist() == ["cat", "dog", "eel"]
+    written = pd.read_csv(tmp_path / "new.predictions.csv")
+    assert written["class"].tolist() == ["cat", "dog", "eel"] and written["size"].tolist() == [0.1, 1.2, 2.3]
+    (tmp_path / "new.csv").write_text("noise,name,size\nnone,a,0.1\n")
+    with pytest.raises(ConfigError, match="new.csv, line 2, column 'noise': 'none' is not a finite number"):
+        predict(
+            compose_entry(
+                tmp_path, "predict", f"ckpt_path={tmp_path / 'run'}", f"input_file={tmp_path / 'new.csv'}"
+            )
+        )
 
 
 def test_checkpoint_of_another_model_is_refused_in_one_line(temperature_run, tmp_path):

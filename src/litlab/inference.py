@@ -21,7 +21,7 @@ from litlab.checkpoints import (
     saved_config,
 )
 from litlab.checks import check_config
-from litlab.data.contract import describe, has_split, saved_index_inputs, saved_normalisation
+from litlab.data.contract import describe, has_split, saved_index_inputs, saved_names, saved_normalisation
 from litlab.data.files import is_float, not_utf8, number
 from litlab.entry import RunLog
 from litlab.errors import ConfigError
@@ -86,12 +86,14 @@ def saved_run(cfg: DictConfig, honoured: tuple[str, ...]) -> tuple[Path, DictCon
     return ckpt, saved
 
 
-def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
-    """inputs=[[...], ...] (or a flat list) or input_file=<csv> rows, checked against the model's width."""
+def read_inputs(cfg: DictConfig, in_features: int, names: list[str] | None = None) -> pd.DataFrame:
+    """inputs=[[...], ...] (or a flat list) or input_file=<csv> rows, checked against the model's width, in
+    columns named as the data named its inputs (names): a file whose header holds every name is read by
+    name, in any order and with other columns beside them."""
     if (cfg.inputs is None) == (cfg.input_file is None):
         raise ConfigError("give inputs='[[81.9], [60.0]]' or input_file=<csv>, one of the two")
     if cfg.input_file is not None:
-        table = read_csv(Path(cfg.input_file))
+        table = read_csv(Path(cfg.input_file), names)
     else:
         values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
         cells = values if not values or not isinstance(values[0], list) else [c for r in values for c in r]
@@ -106,17 +108,27 @@ def read_inputs(cfg: DictConfig, in_features: int) -> pd.DataFrame:
         if x.dim() != 2:
             raise ConfigError(f"inputs={values} is not a list of rows such as [[81.9], [60.0]]")
         table = pd.DataFrame(x.numpy(), columns=[f"x{i}" for i in range(x.shape[1])])
+    if names is not None and len(names) == in_features and list(table.columns) == names:
+        return table
     if table.shape[1] != in_features:
+        named = f" ({', '.join(names)})" if names is not None and len(names) <= 24 else ""
         raise ConfigError(
-            f"inputs have {table.shape[1]} column(s) but the model takes {in_features}, "
+            f"inputs have {table.shape[1]} column(s) but the model takes {in_features}{named}, "
             f"e.g. inputs='[[{', '.join(['1.0'] * in_features)}]]'"
         )
+    if (
+        names is not None
+        and len(names) == in_features
+        and all(c == f"x{i}" for i, c in enumerate(table.columns))
+    ):
+        table.columns = names  # given without names: the data's
     return table
 
 
-def read_csv(path: Path) -> pd.DataFrame:
+def read_csv(path: Path, names: list[str] | None = None) -> pd.DataFrame:
     """A CSV of finite numbers, with or without a header row: a first row is a header where a cell of it is
-    not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names)."""
+    not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names).
+    Where the header holds every one of names, only those columns are read (others may hold words)."""
     if path.exists() and not path.is_file():
         raise ConfigError(f"input_file={path} is not a file (a directory, a pipe, a device): give a CSV file")
     if not path.is_file():
@@ -128,24 +140,28 @@ def read_csv(path: Path) -> pd.DataFrame:
     except UnicodeDecodeError as e:
         raise not_utf8(path, e) from None
     header = not all(is_float(str(c)) for c in cells.iloc[0])
-    names = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
+    columns = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
     rows = cells.iloc[1:] if header else cells
+    if header and names and set(names) <= set(columns):  # the data's inputs, by name
+        rows, columns = rows.iloc[:, [columns.index(n) for n in names]], list(names)
     if rows.empty:
         raise ConfigError(f"input_file={path} has a header but no rows")
     table = rows.map(number).astype(float)  # None (not a number float32 holds) becomes nan
     bad_rows, bad_columns = table.isna().to_numpy().nonzero()
     if len(bad_rows):
         line, column = bad_rows[0], bad_columns[0]
+        where = repr(columns[column]) if header else column + 1
         raise ConfigError(
-            f"input_file={path}, line {line + 1 + header}, column {column + 1}: {rows.iat[line, column]!r} "
+            f"input_file={path}, line {line + 1 + header}, column {where}: {rows.iat[line, column]!r} "
             "is not a finite number"
         )
-    table.columns = names
+    table.columns = columns
     return table.reset_index(drop=True)
 
 
-def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFrame:
-    """Regression: a column per output, in the target's units. Classification: class and probability."""
+def predictions_table(model: L.LightningModule, x_scaled: Tensor, labels: list | None = None) -> pd.DataFrame:
+    """Regression: a column per output, in the target's units. Classification: class (its label where the
+    data gave its classes' labels, else its index) and probability."""
     with torch.no_grad():
         p = model.predictions(model(x_scaled))
     task = model.hparams.task
@@ -155,7 +171,10 @@ def predictions_table(model: L.LightningModule, x_scaled: Tensor) -> pd.DataFram
     if task == "binary":
         p = torch.cat([1 - p, p], dim=1)
     prob, cls = p.max(dim=1)
-    return pd.DataFrame({"class": cls.numpy(), "probability": prob.numpy()})
+    named = labels is not None and len(labels) == p.shape[1]
+    return pd.DataFrame(
+        {"class": [labels[i] for i in cls.tolist()] if named else cls.numpy(), "probability": prob.numpy()}
+    )
 
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
@@ -179,12 +198,13 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     model = instantiate(saved.model, **sizes)
     model.load_state_dict(values["state_dict"])
     model.eval()
-    inputs = read_inputs(cfg, model.hparams.in_features)
+    named = saved_names(values)
+    inputs = read_inputs(cfg, model.hparams.in_features, named.get("input_names"))
     x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
     # As in TensorDataModule.setup: multiply by 1/scale, so the inputs match training's to the bit.
     shift, scale = normalised
     x_scaled = (x - shift) * scale.reciprocal()
-    table = predictions_table(model, x_scaled)
+    table = predictions_table(model, x_scaled, named.get("classes"))
     result = pd.concat([inputs, table], axis=1)
     print(result.to_string(index=False))
     if cfg.input_file is not None:

@@ -39,6 +39,17 @@ def one_hot(path: str | Path, name: str, values: Tensor) -> Tensor:
     return F.one_hot(values.long() - first, last - first + 1).float()
 
 
+def input_names(hour: bool = True) -> list[str]:
+    """The names of hourly_inputs' columns: season=1 .. season=4, ..., yr, ..., windspeed."""
+    levels = [
+        f"{c}={v}"
+        for c, (first, last) in CATEGORIES.items()
+        if hour or c != "hr"
+        for v in range(first, last + 1)
+    ]
+    return [*levels, *FLAGS, *WEATHER]
+
+
 def hourly_inputs(path: str | Path, columns: dict[str, Tensor], hour: bool = True) -> Tensor:
     """float32 [n, features]: one-hot categoricals (hr only if hour), 0/1 flags, weather numbers."""
     categorical = [one_hot(path, c, columns[c]) for c in CATEGORIES if hour or c != "hr"]
@@ -65,9 +76,11 @@ class BikeData(TensorDataModule):
             raise ConfigError(f"{self.path}: {len(cnt)} rows are not whole days of {HOURS} hours")
         y = cnt.log1p() if self.log_target else cnt
         if self.view == "hourly":
+            self.input_names = input_names()
             return hourly_inputs(self.path, columns), y.unsqueeze(1)
         # the book's reshaping: [days, hours, channels] -> [days, channels, hours]; the hour is the position
         x = hourly_inputs(self.path, columns, hour=False)
         days = x.view(-1, HOURS, x.shape[1]).transpose(1, 2)
         self.channels = days.shape[1]
+        self.input_names = [f"{name}@{h:02d}" for name in input_names(hour=False) for h in range(HOURS)]
         return days.reshape(len(days), -1), y.view(-1, HOURS)

@@ -18,6 +18,7 @@ Everything beyond that is a capability, asked for here and nowhere else:
 | `Settled` | settings it decided recorded in the run's config (a table's stream=auto) | - |
 | `Described` | its own first console line | task, sizes and where they came from |
 | `ModelArguments` | model arguments of its own (text: `language_metrics`) | task and sizes only |
+| `Named` | predict.py names inputs by their columns and classes by their labels | x0, x1; class 0, 1 |
 
 TensorDataModule (data/base.py) has them all; a data module of one's own may add any of them."""
 
@@ -114,6 +115,13 @@ class Settled(Protocol):
 
 class Described(Protocol):
     def describe(self) -> str: ...
+
+
+class Named(Protocol):
+    """Either attribute alone does: `input_names`, the model inputs' names in order (a table's columns,
+    `season=2` for a one-hot level); `classes`, the label of each class index (binary: of 0, then of 1)."""
+
+    input_names: list[str]
 
 
 class ModelArguments(Protocol):
@@ -343,9 +351,29 @@ def record(data: L.LightningDataModule) -> dict:
     kept: dict = {"index_inputs": index_inputs(data)}
     if (found := normalisation(data)) is not None:
         kept["x_shift"], kept["x_scale"] = (t.tolist() for t in found)
+    kept |= names(data)
     if (splits := whole_splits(data)) is not None and "train" in splits:  # which targets it learned
         kept["targets"] = hashlib.sha256(splits["train"][1].cpu().contiguous().numpy().tobytes()).hexdigest()
     return kept
+
+
+def names(data: L.LightningDataModule) -> dict:
+    """Named: the inputs' names and the classes' labels where the data gives them, as plain values (a whole
+    number as one: quality 5, not 5.0)."""
+    kept = {}
+    if (inputs := getattr(data, "input_names", None)) is not None:
+        kept["input_names"] = [str(n) for n in inputs]
+    classes = getattr(data, "classes", None)
+    if classes is not None and getattr(data, "task", None) != "regression":
+        labels = classes.tolist() if hasattr(classes, "tolist") else list(classes)
+        kept["classes"] = [int(c) if isinstance(c, float) and c.is_integer() else c for c in labels]
+    return kept
+
+
+def saved_names(values: dict) -> dict:
+    """The input names and class labels a loaded checkpoint's data gave (names), where it gave them."""
+    kept = values.get(RECORD, {})
+    return {k: kept[k] for k in ("input_names", "classes") if k in kept}
 
 
 def saved_index_inputs(values: dict) -> bool:

@@ -518,6 +518,14 @@ class StreamedTable(L.LightningDataModule):
         mean, std = (torch.from_numpy(m).float() for m in (found.mean, found.std))
         self.x_shift, self.x_scale = shift_and_scale(self.scaling, self.in_features, lambda: (mean, std))
 
+    @property
+    def input_names(self) -> list[str]:
+        return self.layout.inputs
+
+    @property
+    def classes(self) -> np.ndarray:
+        return self.layout.classes
+
     def describe(self) -> str:
         sizes = ", ".join(f"{s} {int(n)}" for s, n in zip(SPLITS, self.counts.sum(0), strict=True) if n)
         return (

@@ -14,6 +14,7 @@ class TemperatureData(TensorDataModule):
     """Predict t_c from t_u: 11 points, one input, one output."""
 
     name = "temperature"
+    input_names = ["t_u"]  # the unknown thermometer's reading
 
     def read(self) -> tuple[Tensor, Tensor]:
         return torch.tensor(T_U).unsqueeze(1), torch.tensor(T_C).unsqueeze(1)

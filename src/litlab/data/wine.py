@@ -38,6 +38,7 @@ class WineData(TensorDataModule):
     quality for a model that fits regression (or with task=multiclass), else good."""
 
     name = "wine"
+    input_names = FEATURES
 
     def __init__(self, path: str, target: str | None = None, **kwargs):
         if target not in (None, *TARGETS):
@@ -60,6 +61,7 @@ class WineData(TensorDataModule):
         if self.task == "regression":
             return x, quality.unsqueeze(1)
         if self.task == "binary":
+            self.classes = [f"quality<{GOOD}", f"quality>={GOOD}"]
             return x, (quality >= GOOD).float().unsqueeze(1)
         # class i is the i-th distinct quality in the file (3..9 -> 0..6): no empty classes for 0, 1, 2, 10
         self.classes = quality.unique()
