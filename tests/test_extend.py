@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from litlab.train import train
-from tests.conftest import ROOT, run_dirs, run_train
+from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_stepping import RecordingSGD
 from tests.test_train import events, hparams_session
 
@@ -143,6 +143,29 @@ def test_a_lightning_module_as_the_docs_teach_trains_exactly_what_was_asked(cfg_
     Path(cfg.paths.output_dir).mkdir()
     train(cfg)
     assert torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt")["global_step"] == 50
+
+
+def test_a_docs_style_module_gets_pictures_eval_and_predict(tmp_path):
+    """forward and the data's task are enough: no predictions, loss or metric_names of its own."""
+    from litlab.inference import evaluate, predict
+    from tests.test_inference import compose_entry
+
+    train(compose_train(tmp_path, *DOCS_MODEL, "trainer=cpu", "trainer.max_epochs=30", "+model.lr=0.05"))
+    run = tmp_path / "run"
+    assert (run / "fit.gif").stat().st_size > 0
+    assert {"fit/line", "params/layer.weight"} <= set(events(run).Tags()["images"]) | set(
+        events(run).Tags()["histograms"]
+    )
+    recorded = json.loads((run / "metrics.json").read_text())["metrics"]
+    assert evaluate(compose_entry(tmp_path, "eval", f"ckpt_path={run}")) == {"val/loss": recorded["val/loss"]}
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    w, b = state["layer.weight"].item(), state["layer.bias"].item()
+    table = predict(compose_entry(tmp_path, "predict", f"ckpt_path={run}", "inputs=[[81.9]]"))
+    shift, scale = (
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["data"][k][0]
+        for k in ("x_shift", "x_scale")
+    )
+    assert table["prediction"][0] == pytest.approx(w * (81.9 - shift) / scale + b, rel=1e-5)
 
 
 def test_what_a_docs_style_module_cannot_take_is_refused_in_one_line(tmp_path, monkeypatch):

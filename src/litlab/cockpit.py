@@ -23,9 +23,10 @@ from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
+from litlab.checks import TASKS
 from litlab.data.contract import batches, has_split, normalisation, provides, sample, whole_splits
 from litlab.errors import ConfigError
-from litlab.models.task import Model
+from litlab.models.task import Model, predictions_of
 from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
 
 log = logging.getLogger(__name__)
@@ -459,11 +460,9 @@ class FitPictures(L.Callback):
         self.enabled = True
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.enabled = provides(pl_module, Model)  # the pictures need its task and predictions
+        self.enabled = pl_module.hparams.get("task") in TASKS  # forward and the task: its predictions
         if not self.enabled:
-            log.info(
-                f"no fit pictures: {type(pl_module).__name__} lacks what litlab.models.task.Model declares"
-            )
+            log.info(f"no fit pictures: {type(pl_module).__name__} records no task in its hparams")
         # Each record costs tens of ms of drawing: spread at most max_records over a long run.
         total = max_data_epochs(trainer)
         self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
@@ -551,7 +550,7 @@ class FitPictures(L.Callback):
         if held is None:
             return
         x, y = held
-        pred = pl_module.predictions(model_batch(trainer, pl_module, x, y)[0]).float().cpu()
+        pred = predictions_of(pl_module, model_batch(trainer, pl_module, x, y)[0]).float().cpu()
         task = pl_module.hparams.task
         if task == "regression":
             pictures = regression_pictures(y.reshape(pred.shape), pred, self.size, self.max_points)

@@ -25,6 +25,7 @@ from litlab.data.contract import describe, has_split, saved_index_inputs, saved_
 from litlab.data.files import is_float, not_utf8, number
 from litlab.entry import RunLog
 from litlab.errors import ConfigError
+from litlab.models.task import predictions_of
 from litlab.sweep import write_result
 from litlab.train import build, use_threads
 
@@ -163,7 +164,7 @@ def predictions_table(model: L.LightningModule, x_scaled: Tensor, labels: list |
     """Regression: a column per output, in the target's units. Classification: class (its label where the
     data gave its classes' labels, else its index) and probability."""
     with torch.no_grad():
-        p = model.predictions(model(x_scaled))
+        p = predictions_of(model, model(x_scaled))
     task = model.hparams.task
     if task == "regression":
         names = ["prediction"] if p.shape[1] == 1 else [f"prediction_{i}" for i in range(p.shape[1])]
@@ -196,6 +197,8 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     accepted = inspect.signature(get_class(saved.model._target_)).parameters  # constructor arguments only
     sizes = {k: v for k, v in hparams.items() if k in accepted and k not in saved.model}  # the data's
     model = instantiate(saved.model, **sizes)
+    for key in ("task", "in_features", "out_features"):  # what train.build recorded for a module of one's own
+        model.hparams.setdefault(key, hparams.get(key))
     model.load_state_dict(values["state_dict"])
     model.eval()
     named = saved_names(values)

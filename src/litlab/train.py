@@ -269,7 +269,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Pr
     data, found = build_data(cfg)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     given = {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler, **model_arguments(data, found)}
-    return data, instantiate(cfg.model, **accepted_arguments(cfg, given)), found
+    model = instantiate(cfg.model, **accepted_arguments(cfg, given))
+    for key, value in (
+        ("task", found.task),
+        ("in_features", found.in_features),
+        ("out_features", found.out_features),
+    ):
+        model.hparams.setdefault(key, value)  # a module of one's own: what pictures and predict.py need
+    return data, model, found
 
 
 def takes(cfg: DictConfig, argument: str) -> bool:

@@ -28,7 +28,12 @@ class Model(Protocol):
     - forward(x) -> raw outputs [n, out_features] (values, or logits for classes);
     - loss(out, y) -> the training loss; loss_name: its name (mse, mae, huber, cross_entropy);
     - predictions(out) -> values, P(class 1) [n, 1], or class probabilities [n, classes];
-    - metric_names: every metric it logs (train/loss, val/acc, ...), what optimized_metric may name."""
+    - metric_names: every metric it logs (train/loss, val/acc, ...), what optimized_metric may name.
+
+    Pictures, eval and predict need only forward: a module without predictions gets its task's
+    (task_predictions; train.build records the data's task, in_features and out_features in its hparams
+    where it does not). loss and loss_name refine the optimum's gap; metric_names, a check of
+    optimized_metric before training."""
 
     net: nn.Module
     loss_name: str
@@ -39,6 +44,22 @@ class Model(Protocol):
     def loss(self, out: Tensor, y: Tensor) -> Tensor: ...
 
     def predictions(self, out: Tensor) -> Tensor: ...
+
+
+def task_predictions(task: str, out: Tensor) -> Tensor:
+    """What raw outputs mean for a task: values (identity), P(class 1) (sigmoid), class probabilities
+    (softmax)."""
+    if task == "regression":
+        return out
+    return torch.sigmoid(out) if task == "binary" else out.softmax(dim=-1)
+
+
+def predictions_of(module: L.LightningModule, out: Tensor) -> Tensor:
+    """A module's predictions: its own `predictions` where it has one, else its task's (every run's module
+    has hparams.task: train.build gives it the data's where the module does not record one)."""
+    if callable(getattr(module, "predictions", None)):
+        return module.predictions(out)
+    return task_predictions(module.hparams.task, out)
 
 
 def task_metrics(task: str, out_features: int) -> tm.MetricCollection:
@@ -171,10 +192,7 @@ class TaskModel(L.LightningModule):
 
     def predictions(self, out: Tensor) -> Tensor:
         """Values, P(class 1), or class probabilities."""
-        task = self.hparams.task
-        if task == "regression":
-            return out
-        return torch.sigmoid(out) if task == "binary" else out.softmax(dim=-1)
+        return task_predictions(self.hparams.task, out)
 
     def update_metrics(self, metrics: tm.MetricCollection, out: Tensor, y: Tensor) -> None:
         metrics.update(self.predictions(out), y if self.hparams.task == "regression" else y.long())
