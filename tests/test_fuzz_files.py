@@ -204,7 +204,7 @@ def test_bad_run_files_are_one_line_and_write_nothing(run_dir, tmp_path, damaged
         b"t_u\nabc\n",
         b"t_u\nnan\n",
         b"t_u\n1e308\n",
-        b"t_u,x\n1,2\n",
+        b"a,x\n1,2\n",  # t_u,x would read t_u by name, beside x
         bytes(range(256)),
         b"\xe9\n1\n",
     ],

@@ -5,6 +5,8 @@ import json
 import math
 import re
 import shlex
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -177,3 +179,48 @@ def test_quick_start_line_runs(line, quick_start_runs):
     for run in runs:
         assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
     assert seconds < LINE_BUDGET_S, f"{line} took {seconds:.0f} s: pick a quicker line for the quick start"
+
+
+def python_snippet() -> str:
+    """The README's Python block (From Python)."""
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"```python\n(.*?)```", text, re.DOTALL).group(1)
+
+
+@pytest.mark.slow
+def test_the_readmes_python_snippet_runs_twice_in_one_process(tmp_path):
+    """Two fits in one process keep apart: their own directories, logs and seeds (the same numbers), and
+    handlers gone after each; a mistake raises the one-line ConfigError and leaves no directory."""
+    script = f"""
+import json, logging
+from litlab import config, fit
+from litlab.errors import ConfigError
+runs = []
+for _ in range(2):
+{indent(python_snippet())}
+    runs.append(run)
+    assert not logging.getLogger("litlab").handlers
+try:
+    fit(config("optimizer.lr=-1"))
+except ConfigError as e:
+    refused = str(e)
+print(json.dumps({{"dirs": [str(r.dir) for r in runs], "acc": [r.metrics["val/acc"] for r in runs],
+                  "model": type(runs[0].model).__name__, "refused": refused}}))
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    first, second = map(Path, found["dirs"])
+    assert first != second and run_dirs(tmp_path) == sorted([first, second])
+    assert found["acc"][0] == found["acc"][1] > 0.7 and found["model"] == "TaskModel"
+    assert found["refused"] == "optimizer.lr=-1 must be > 0: try optimizer.lr=0.01"
+    for run in (first, second):
+        log = (run / "train.log").read_text()
+        assert log.count("model=logistic, optimizer=Adam") == 1 and f"runs/{run.name}" in log
+        assert json.loads((run / "metrics.json").read_text())["status"] == "ok"
+
+
+def indent(code: str) -> str:
+    return "".join(f"    {line}\n" for line in code.splitlines())

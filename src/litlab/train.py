@@ -5,10 +5,10 @@ import math
 import multiprocessing
 import os
 import shlex
-import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import lightning as L
 import torch
@@ -111,7 +111,7 @@ def hparams_of(cfg: DictConfig) -> dict:
     return flat
 
 
-def fit(
+def fit_trainer(
     trainer: L.Trainer, model: L.LightningModule, data, ckpt_path: str | None, has_val: bool
 ) -> tuple[BaseException | None, dict]:
     """trainer.fit and a final validation: (the divergence, Ctrl-C or SIGTERM that stopped it early, if any;
@@ -323,8 +323,21 @@ def trainer_settings(
     return settings
 
 
+class Fitted(NamedTuple):
+    """What a fit leaves: the final value of optimized_metric, and the trained model and its data."""
+
+    metric: float
+    model: L.LightningModule
+    data: L.LightningDataModule
+
+
 def train(cfg: DictConfig) -> float:
     """Fit the configured model; return the final value of cfg.optimized_metric."""
+    return fit(cfg).metric
+
+
+def fit(cfg: DictConfig) -> Fitted:
+    """Fit the configured model (train.py's and litlab.fit's work)."""
     started = time.time()
     if multiprocessing.get_start_method(allow_none=True) == "loky":
         # a parallel sweep's job, in a joblib worker, whose default start method is loky's: DataLoader
@@ -374,11 +387,11 @@ def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.Lightning
     if not in_sweep():  # a sweep says it once, at its end (sweep.py)
         lines.append(f"view it: {viewer(log_dir)}")
     more = f" trainer.max_epochs={2 * epochs}" if status == "ok" else ""
-    lines.append(f"go on: python {Path(sys.argv[0]).name} resume={shlex.quote(str(out_dir))}{more}")
+    lines.append(f"go on: python train.py resume={shlex.quote(str(out_dir))}{more}")
     return lines
 
 
-def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
+def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> Fitted:
     """train() once the config is checked and the run directory held."""
     fast = instantiate(cfg.stepping) if cfg.get("stepping") else None
     saved = load(resume_ckpt) if resume_ckpt else None  # loaded once: checks, then TensorBoard's purge step
@@ -446,7 +459,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
 
     DEFERRED.clear()
     TRAINING.set()  # SIGTERM: Lightning's and SafeStop's to handle, until the run has recorded its end
-    stopped, metrics = fit(trainer, model, data, resume_ckpt, has_val)
+    stopped, metrics = fit_trainer(trainer, model, data, resume_ckpt, has_val)
     if saved is not None:  # a resume that trains no further epoch logs no training metric: keep the run's
         metrics = {**recorded_metrics(out_dir), **metrics}
     epochs = epochs_trained(trainer)
@@ -482,4 +495,4 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> float:
         raise stopped
     for line in closing_lines(cfg, status, metrics, data, epochs):
         log.info(line)
-    return metrics[cfg.optimized_metric]
+    return Fitted(metrics[cfg.optimized_metric], model, data)
