@@ -10,9 +10,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from litlab.answers import read_csv
 from litlab.checkpoints import load
 from litlab.errors import ConfigError, one_line
-from litlab.inference import evaluate, predict, read_csv
+from litlab.inference import evaluate, predict
 from litlab.train import train
 from tests.conftest import CONF, compose_train, run_train
 

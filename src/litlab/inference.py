@@ -10,8 +10,9 @@ import pandas as pd
 import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 
+from litlab.answers import answer, predict_exported, read_inputs
 from litlab.checkpoints import (
     check_compatible,
     check_unchanged,
@@ -22,7 +23,6 @@ from litlab.checkpoints import (
 )
 from litlab.checks import check_config
 from litlab.data.contract import describe, has_split, saved_index_inputs, saved_names, saved_normalisation
-from litlab.data.files import is_float, not_utf8, number
 from litlab.entry import RunLog
 from litlab.errors import ConfigError
 from litlab.models.task import predictions_of
@@ -87,99 +87,24 @@ def saved_run(cfg: DictConfig, honoured: tuple[str, ...]) -> tuple[Path, DictCon
     return ckpt, saved
 
 
-def read_inputs(cfg: DictConfig, in_features: int, names: list[str] | None = None) -> pd.DataFrame:
-    """inputs=[[...], ...] (or a flat list) or input_file=<csv> rows, checked against the model's width, in
-    columns named as the data named its inputs (names): a file whose header holds every name is read by
-    name, in any order and with other columns beside them."""
-    if (cfg.inputs is None) == (cfg.input_file is None):
-        raise ConfigError("give inputs='[[81.9], [60.0]]' or input_file=<csv>, one of the two")
-    if cfg.input_file is not None:
-        table = read_csv(Path(cfg.input_file), names)
-    else:
-        values = OmegaConf.to_container(cfg.inputs) if OmegaConf.is_config(cfg.inputs) else [cfg.inputs]
-        cells = values if not values or not isinstance(values[0], list) else [c for r in values for c in r]
-        for cell in cells:  # as input_file= refuses them: a flag, text, nan, inf, or beyond float32
-            if isinstance(cell, bool) or not isinstance(cell, int | float) or number(str(cell)) is None:
-                raise ConfigError(f"inputs={values}: {cell!r} is not a finite number that float32 holds")
-        try:
-            x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
-        except (TypeError, ValueError) as e:  # a word, a ragged row
-            raise ConfigError(f"inputs={values} is not rows of numbers such as [[81.9], [60.0]]: {e}") from e
-        x = x.reshape(-1, in_features) if x.dim() == 1 and x.numel() % in_features == 0 else x
-        if x.dim() != 2:
-            raise ConfigError(f"inputs={values} is not a list of rows such as [[81.9], [60.0]]")
-        table = pd.DataFrame(x.numpy(), columns=[f"x{i}" for i in range(x.shape[1])])
-    if names is not None and len(names) == in_features and list(table.columns) == names:
-        return table
-    if table.shape[1] != in_features:
-        named = f" ({', '.join(names)})" if names is not None and len(names) <= 24 else ""
-        raise ConfigError(
-            f"inputs have {table.shape[1]} column(s) but the model takes {in_features}{named}, "
-            f"e.g. inputs='[[{', '.join(['1.0'] * in_features)}]]'"
-        )
-    if (
-        names is not None
-        and len(names) == in_features
-        and all(c == f"x{i}" for i, c in enumerate(table.columns))
-    ):
-        table.columns = names  # given without names: the data's
-    return table
+class Raw(nn.Module):
+    """A trained model that takes raw inputs in original units and gives predictions: the data's input
+    normalisation folded in before it (as TensorDataModule.setup computes it, to the bit), the task's
+    meaning of its outputs after (values, sigmoid, softmax). What predict.py runs and export.py exports."""
+
+    def __init__(self, model: L.LightningModule, shift: Tensor, scale: Tensor):
+        super().__init__()
+        self.model = model
+        self.register_buffer("shift", shift)
+        self.register_buffer("inverse_scale", scale.reciprocal())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return predictions_of(self.model, self.model((x - self.shift) * self.inverse_scale))
 
 
-def read_csv(path: Path, names: list[str] | None = None) -> pd.DataFrame:
-    """A CSV of finite numbers, with or without a header row: a first row is a header where a cell of it is
-    not a number at all (`nan` and `inf` are numbers, and refused as inputs below, never taken for names).
-    Where the header holds every one of names, only those columns are read (others may hold words)."""
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"input_file={path} is not a file (a directory, a pipe, a device): give a CSV file")
-    if not path.is_file():
-        raise ConfigError(f"input_file={path} does not exist")
-    try:
-        cells = pd.read_csv(path, header=None, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"input_file={path} is empty: one row of numbers per input") from None
-    except UnicodeDecodeError as e:
-        raise not_utf8(path, e) from None
-    header = not all(is_float(str(c)) for c in cells.iloc[0])
-    columns = [str(c).strip() for c in cells.iloc[0]] if header else [f"x{i}" for i in range(cells.shape[1])]
-    rows = cells.iloc[1:] if header else cells
-    if header and names and set(names) <= set(columns):  # the data's inputs, by name
-        rows, columns = rows.iloc[:, [columns.index(n) for n in names]], list(names)
-    if rows.empty:
-        raise ConfigError(f"input_file={path} has a header but no rows")
-    table = rows.map(number).astype(float)  # None (not a number float32 holds) becomes nan
-    bad_rows, bad_columns = table.isna().to_numpy().nonzero()
-    if len(bad_rows):
-        line, column = bad_rows[0], bad_columns[0]
-        where = repr(columns[column]) if header else column + 1
-        raise ConfigError(
-            f"input_file={path}, line {line + 1 + header}, column {where}: {rows.iat[line, column]!r} "
-            "is not a finite number"
-        )
-    table.columns = columns
-    return table.reset_index(drop=True)
-
-
-def predictions_table(model: L.LightningModule, x_scaled: Tensor, labels: list | None = None) -> pd.DataFrame:
-    """Regression: a column per output, in the target's units. Classification: class (its label where the
-    data gave its classes' labels, else its index) and probability."""
-    with torch.no_grad():
-        p = predictions_of(model, model(x_scaled))
-    task = model.hparams.task
-    if task == "regression":
-        names = ["prediction"] if p.shape[1] == 1 else [f"prediction_{i}" for i in range(p.shape[1])]
-        return pd.DataFrame(p.numpy(), columns=names)
-    if task == "binary":
-        p = torch.cat([1 - p, p], dim=1)
-    prob, cls = p.max(dim=1)
-    named = labels is not None and len(labels) == p.shape[1]
-    return pd.DataFrame(
-        {"class": [labels[i] for i in cls.tolist()] if named else cls.numpy(), "probability": prob.numpy()}
-    )
-
-
-def predict(cfg: DictConfig) -> pd.DataFrame:
-    """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
+def predictor(cfg: DictConfig) -> tuple[Path, Raw, dict]:
+    """(checkpoint, its model on raw inputs, what answers.py needs to read inputs and name answers) of the run
+    that cfg.ckpt_path names."""
     ckpt, saved = saved_run(cfg, honoured=())
     values = load(ckpt)  # once: the model's hyperparameters and weights, and the data's statistics
     check_unchanged(values, ckpt, ckpt.parent.parent)  # before the model is built from an edited config.yaml
@@ -200,18 +125,16 @@ def predict(cfg: DictConfig) -> pd.DataFrame:
     for key in ("task", "in_features", "out_features"):  # what train.build recorded for a module of one's own
         model.hparams.setdefault(key, hparams.get(key))
     model.load_state_dict(values["state_dict"])
-    model.eval()
-    named = saved_names(values)
-    inputs = read_inputs(cfg, model.hparams.in_features, named.get("input_names"))
-    x = torch.tensor(inputs.to_numpy(), dtype=torch.float32)
-    # As in TensorDataModule.setup: multiply by 1/scale, so the inputs match training's to the bit.
-    shift, scale = normalised
-    x_scaled = (x - shift) * scale.reciprocal()
-    table = predictions_table(model, x_scaled, named.get("classes"))
-    result = pd.concat([inputs, table], axis=1)
-    print(result.to_string(index=False))
-    if cfg.input_file is not None:
-        out = Path(cfg.input_file).with_suffix(".predictions.csv")
-        result.to_csv(out, index=False)
-        log.info(f"predictions written to {out}")
-    return result
+    about = {"task": model.hparams.task, "in_features": model.hparams.in_features, **saved_names(values)}
+    return ckpt, Raw(model, *normalised).eval(), about
+
+
+def predict(cfg: DictConfig) -> pd.DataFrame:
+    """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
+    if not OmegaConf.is_missing(cfg, "ckpt_path") and str(cfg.ckpt_path).endswith(".pt2"):  # export.py's
+        return predict_exported(cfg)
+    _, raw, about = predictor(cfg)
+    inputs = read_inputs(cfg, about["in_features"], about.get("input_names"))
+    with torch.no_grad():
+        p = raw(torch.tensor(inputs.to_numpy(), dtype=torch.float32))
+    return answer(cfg, inputs, p, about)
