@@ -179,3 +179,24 @@ def test_what_a_docs_style_module_cannot_take_is_refused_in_one_line(tmp_path, m
     ):
         proc = run_train(tmp_path, *ours, typed, check=False)
         assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+
+
+class Branchy(LitRegressor):
+    """Its forward branches on the values it gets: torch.export cannot trace that into one program."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layer(x) if float(x.sum()) > 0 else -self.layer(x)
+
+
+def test_a_module_that_cannot_be_exported_is_refused_in_one_line_naming_the_cause(tmp_path):
+    from litlab.errors import ConfigError
+    from litlab.inference import export
+    from tests.test_inference import compose_entry
+
+    model = ("~model.net", "~model.tasks", "~model.loss", "model._target_=tests.test_extend.Branchy")
+    train(compose_train(tmp_path, *model, "trainer=cpu", "trainer.max_epochs=2"))
+    with pytest.raises(ConfigError) as refused:
+        export(compose_entry(tmp_path, "export", f"ckpt_path={tmp_path / 'run'}"))
+    message = str(refused.value)
+    assert message.startswith("Branchy cannot be exported (") and "\n" not in message, message
+    assert not (tmp_path / "run" / "model.pt2").exists()

@@ -1,7 +1,10 @@
 """eval and predict from a run directory: the logged metrics come back, predictions are in original units."""
 
 import json
+import re
 import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
@@ -13,9 +16,9 @@ from omegaconf import OmegaConf
 from litlab.answers import read_csv
 from litlab.checkpoints import load
 from litlab.errors import ConfigError, one_line
-from litlab.inference import evaluate, predict
+from litlab.inference import evaluate, export, predict
 from litlab.train import train
-from tests.conftest import CONF, compose_train, run_train
+from tests.conftest import CONF, ROOT, compose_train, run_train
 
 
 def compose_entry(root, name: str, *overrides: str):
@@ -93,14 +96,17 @@ def test_predict_classification_gives_the_class_and_its_probability(tmp_path):
     assert ((table["probability"] > 0.5) & (table["probability"] <= 1)).all()
 
 
+def write_animals(path):
+    """A table of three classes named by words, told apart by its size column."""
+    rows = [(i % 3 + 0.1 * (i % 7), i % 5, ("cat", "dog", "eel")[i % 3]) for i in range(60)]
+    path.write_text("size,noise,animal\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+
+
 @pytest.mark.slow
 def test_predict_names_classes_by_their_labels_and_reads_inputs_by_their_names(tmp_path):
     """A table whose classes are words: predict answers in those words, and reads a file's columns by the
     names the table gave them (another order, another column beside them)."""
-    rows = [(i % 3 + 0.1 * (i % 7), i % 5, ("cat", "dog", "eel")[i % 3]) for i in range(60)]
-    (tmp_path / "animals.csv").write_text(
-        "size,noise,animal\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows)
-    )
+    write_animals(tmp_path / "animals.csv")
     train(
         compose_train(
             tmp_path,
@@ -381,3 +387,68 @@ def test_a_key_of_an_option_that_sets_none_says_to_choose_an_option():
 
     message = composition_error("scheduler.gamma=0.9")
     assert message.startswith("scheduler.gamma is not a key of scheduler, which has none here")
+
+
+EXPORTED = {  # model and data options: every model, every task
+    "linear": ("data.val_fraction=0.2",),
+    "logistic-binary": ("model=logistic",),
+    "logistic-classes": (
+        "model=logistic",
+        "data=table",
+        "data.path={root}/animals.csv",
+        "data.target=animal",
+    ),
+    "mlp": ("model=mlp", "data=regression", "data.preset=generated", "data.features=3"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", EXPORTED)
+def test_an_exported_model_answers_as_the_checkpoint_does(tmp_path, case):
+    """export.py's model.pt2 on raw inputs equals the checkpoint's predictions (predict.py's Raw) to 1e-6,
+    for any number of rows, and predict.py reads it with torch alone."""
+    from litlab.answers import onnx_model, predict_exported
+    from litlab.inference import predictor
+
+    write_animals(tmp_path / "animals.csv")
+    overrides = [o.format(root=tmp_path) for o in EXPORTED[case]]
+    train(compose_train(tmp_path, *overrides, "trainer=cpu", "trainer.max_epochs=20"))
+    run = tmp_path / "run"
+    path = export(compose_entry(tmp_path, "export", f"ckpt_path={run}"))
+    assert path == run / "model.pt2"
+    _, raw, about = predictor(compose_entry(tmp_path, "predict", f"ckpt_path={run}"))
+    program = torch.export.load(path).module()
+    for rows in (1, 7, 300):
+        x = torch.randn(rows, about["in_features"]) * 30 + 50  # raw inputs, in original units
+        with torch.no_grad():
+            assert torch.allclose(program(x), raw(x), rtol=0, atol=1e-6)
+    inputs = "inputs=" + str([[1.5] * about["in_features"], [80.0] * about["in_features"]]).replace(" ", "")
+    answers = predict(compose_entry(tmp_path, "predict", f"ckpt_path={run}", inputs))
+    assert predict_exported(compose_entry(tmp_path, "predict", f"ckpt_path={path}", inputs)).equals(answers)
+    pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
+    path = export(compose_entry(tmp_path, "export", f"ckpt_path={run}", "format=onnx"))
+    session, _ = onnx_model(path)
+    for rows in (1, 7, 300):  # ONNX Runtime's kernels round otherwise than torch's
+        x = torch.randn(rows, about["in_features"]) * 30 + 50
+        with torch.no_grad():
+            assert torch.allclose(torch.from_numpy(session(x.numpy())), raw(x), rtol=0, atol=1e-5)
+    onnx = predict_exported(compose_entry(tmp_path, "predict", f"ckpt_path={path}", inputs))
+    assert onnx.drop(columns=onnx.columns[-1]).equals(answers.drop(columns=answers.columns[-1]))  # classes
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["pt2", "onnx"])
+def test_predict_py_on_an_exported_model_imports_no_lightning(temperature_run, tmp_path, kind):
+    """model.pt2 answers with torch alone; model.onnx with onnxruntime alone, not even torch."""
+    if kind == "onnx":
+        pytest.importorskip("onnxruntime", reason="the onnx extra: pip install -e '.[onnx]'")
+    run = tmp_path / "run"
+    shutil.copytree(temperature_run, run)
+    path = export(compose_entry(tmp_path, "export", f"ckpt_path={run}", f"format={kind}"))
+    command = [sys.executable, "-X", "importtime", str(ROOT / "predict.py"), f"ckpt_path={path}"]
+    proc = subprocess.run(
+        [*command, "inputs=[[81.9]]", f"paths.root_dir={tmp_path}"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "t_u  prediction" in proc.stdout, proc.stderr[-2000:]
+    imported = {m.split(".")[0] for m in re.findall(r"^import time:.*\| +(\S+)$", proc.stderr, re.MULTILINE)}
+    assert "lightning" not in imported and ("torch" in imported) == (kind == "pt2")

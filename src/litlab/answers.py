@@ -1,14 +1,14 @@
 """What predict.py reads and writes, without Lightning: inputs in original units (inputs= or a CSV), the
-table of answers, and a model that export.py wrote (model.pt2), which answers with torch alone."""
+table of answers, and a model that export.py wrote (model.pt2 with torch alone, model.onnx with
+onnxruntime alone)."""
 
 import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-import torch
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
 
 from litlab.data.files import is_float, not_utf8, number
 from litlab.errors import ConfigError
@@ -32,13 +32,13 @@ def read_inputs(cfg: DictConfig, in_features: int, names: list[str] | None = Non
             if isinstance(cell, bool) or not isinstance(cell, int | float) or number(str(cell)) is None:
                 raise ConfigError(f"inputs={values}: {cell!r} is not a finite number that float32 holds")
         try:
-            x = torch.tensor(values, dtype=torch.float64)  # shown back as typed; the model gets float32
+            x = np.array(values, dtype=np.float64)  # shown back as typed; the model gets float32
         except (TypeError, ValueError) as e:  # a word, a ragged row
             raise ConfigError(f"inputs={values} is not rows of numbers such as [[81.9], [60.0]]: {e}") from e
-        x = x.reshape(-1, in_features) if x.dim() == 1 and x.numel() % in_features == 0 else x
-        if x.dim() != 2:
+        x = x.reshape(-1, in_features) if x.ndim == 1 and x.size % in_features == 0 else x
+        if x.ndim != 2:
             raise ConfigError(f"inputs={values} is not a list of rows such as [[81.9], [60.0]]")
-        table = pd.DataFrame(x.numpy(), columns=[f"x{i}" for i in range(x.shape[1])])
+        table = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])])
     if names is not None and len(names) == in_features and list(table.columns) == names:
         return table
     if table.shape[1] != in_features:
@@ -90,20 +90,20 @@ def read_csv(path: Path, names: list[str] | None = None) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def answer(cfg: DictConfig, inputs: pd.DataFrame, p: Tensor, about: dict) -> pd.DataFrame:
+def answer(cfg: DictConfig, inputs: pd.DataFrame, p: np.ndarray, about: dict) -> pd.DataFrame:
     """The inputs beside their answers, printed, and written beside an input_file (<stem>.predictions.csv).
     Regression: a column per output, in the target's units. Classification: class (its label where the
     data gave its classes' labels, else its index) and probability."""
     if about["task"] == "regression":
         names = ["prediction"] if p.shape[1] == 1 else [f"prediction_{i}" for i in range(p.shape[1])]
-        table = pd.DataFrame(p.numpy(), columns=names)
+        table = pd.DataFrame(p, columns=names)
     else:
-        p = torch.cat([1 - p, p], dim=1) if about["task"] == "binary" else p
-        prob, cls = p.max(dim=1)
+        p = np.concatenate([1 - p, p], axis=1) if about["task"] == "binary" else p
+        prob, cls = p.max(axis=1), p.argmax(axis=1)
         labels = about.get("classes")
         named = labels is not None and len(labels) == p.shape[1]
-        classes = [labels[i] for i in cls.tolist()] if named else cls.numpy()
-        table = pd.DataFrame({"class": classes, "probability": prob.numpy()})
+        classes = [labels[i] for i in cls.tolist()] if named else cls
+        table = pd.DataFrame({"class": classes, "probability": prob})
     result = pd.concat([inputs, table], axis=1)
     print(result.to_string(index=False))
     if cfg.input_file is not None:
@@ -114,19 +114,40 @@ def answer(cfg: DictConfig, inputs: pd.DataFrame, p: Tensor, about: dict) -> pd.
 
 
 def predict_exported(cfg: DictConfig) -> pd.DataFrame:
-    """predict.py ckpt_path=<run>/model.pt2: the exported program answers, torch alone (no Lightning)."""
+    """predict.py ckpt_path=<run>/model.pt2 or model.onnx: a model export.py wrote answers, with torch alone
+    (pt2) or onnxruntime alone (onnx, a fraction of a second), no Lightning."""
     path = Path(cfg.ckpt_path)
     if not path.is_file():
         raise ConfigError(f"ckpt_path={path} does not exist: write it with python export.py ckpt_path=<run>")
-    extra = {ABOUT: ""}
     try:
-        program = torch.export.load(path, extra_files=extra)
-        about = json.loads(extra[ABOUT])
-    except Exception as e:  # not a program export.py wrote: truncated, another file renamed
-        raise ConfigError(
-            f"ckpt_path={path} is not a model export.py wrote ({type(e).__name__}): export it again"
-        ) from e
+        run, about = onnx_model(path) if path.suffix == ".onnx" else torch_program(path)
+    except ImportError as e:
+        raise ConfigError(f"ckpt_path={path} needs the onnx extra: pip install -e '.[onnx]'") from e
+    except Exception as e:  # not a model export.py wrote: truncated, another file renamed
+        why = type(e).__name__
+        raise ConfigError(f"ckpt_path={path} is not a model export.py wrote ({why}): export it again") from e
     inputs = read_inputs(cfg, about["in_features"], about.get("input_names"))
-    with torch.no_grad():
-        p = program.module()(torch.tensor(inputs.to_numpy(), dtype=torch.float32))
-    return answer(cfg, inputs, p, about)
+    return answer(cfg, inputs, run(inputs.to_numpy(dtype="float32")), about)
+
+
+def torch_program(path: Path) -> tuple:
+    """(rows -> predictions, about) of a torch.export program."""
+    import torch
+
+    extra = {ABOUT: ""}
+    program = torch.export.load(path, extra_files=extra).module()
+
+    def run(x):
+        with torch.no_grad():
+            return program(torch.from_numpy(x)).numpy()
+
+    return run, json.loads(extra[ABOUT])
+
+
+def onnx_model(path: Path) -> tuple:
+    """(rows -> predictions, about) of an ONNX model, by onnxruntime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    about = json.loads(session.get_modelmeta().custom_metadata_map[ABOUT])
+    return (lambda x: session.run(None, {"x": x})[0]), about

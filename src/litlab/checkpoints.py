@@ -26,7 +26,7 @@ from litlab.stepping import FastSteps
 log = logging.getLogger(__name__)
 
 # Keys of the entry points themselves, never part of a run's saved setup.
-ENTRY_KEYS = ("resume", "ckpt_path", "inputs", "input_file", "task_name", "paths", "hydra")
+ENTRY_KEYS = ("resume", "ckpt_path", "inputs", "input_file", "format", "task_name", "paths", "hydra")
 SHAPE_KEYS = ("task", "in_features", "out_features")
 
 

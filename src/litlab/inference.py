@@ -1,6 +1,7 @@
 """Use a trained run: evaluate a checkpoint on its held-out splits, or predict from new inputs."""
 
 import inspect
+import json
 import logging
 import time
 from pathlib import Path
@@ -12,7 +13,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from litlab.answers import answer, predict_exported, read_inputs
+from litlab.answers import ABOUT, answer, read_inputs
 from litlab.checkpoints import (
     check_compatible,
     check_unchanged,
@@ -131,10 +132,55 @@ def predictor(cfg: DictConfig) -> tuple[Path, Raw, dict]:
 
 def predict(cfg: DictConfig) -> pd.DataFrame:
     """Predictions for inputs in original units: the checkpoint's input normalisation is applied first."""
-    if not OmegaConf.is_missing(cfg, "ckpt_path") and str(cfg.ckpt_path).endswith(".pt2"):  # export.py's
-        return predict_exported(cfg)
     _, raw, about = predictor(cfg)
     inputs = read_inputs(cfg, about["in_features"], about.get("input_names"))
     with torch.no_grad():
         p = raw(torch.tensor(inputs.to_numpy(), dtype=torch.float32))
-    return answer(cfg, inputs, p, about)
+    return answer(cfg, inputs, p.numpy(), about)
+
+
+FORMATS = {"pt2": "model.pt2", "onnx": "model.onnx"}
+
+
+def export(cfg: DictConfig) -> Path:
+    """The run's model on raw inputs (Raw) as a file that answers without this repository or Lightning:
+    torch.export's program (model.pt2, read by torch.export.load) or ONNX (model.onnx, an extra), in the
+    run's directory. Rows are dynamic: one program for any number of rows."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format} is not one of {', '.join(FORMATS)}")
+    ckpt, raw, about = predictor(cfg)
+    out = ckpt.parent.parent / FORMATS[cfg.format]
+    example = (torch.zeros(2, about["in_features"]),)
+    rows = {"x": {0: torch.export.Dim("rows", min=1)}}
+    RunLog.start()  # every check passed: from here on this command's directory is written
+    try:
+        if cfg.format == "pt2":
+            program = torch.export.export(raw, example, dynamic_shapes=rows)
+            torch.export.save(program, out, extra_files={ABOUT: json.dumps(about)})
+        else:
+            onnx_export(raw, example, rows, out, about)
+    except ConfigError:
+        raise
+    except Exception as e:  # a module whose forward torch.export cannot trace (data-dependent control flow)
+        out.unlink(missing_ok=True)
+        why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{type(raw.model).__name__} cannot be exported ({type(e).__name__}: {why})") from e
+    log.info(f"wrote {out}: raw inputs in original units -> predictions ({about['task']})")
+    return out
+
+
+def onnx_export(raw: Raw, example: tuple, rows: dict, out: Path, about: dict) -> None:
+    """model.onnx by torch's dynamo exporter (its packages: the extra .[onnx]), with what answers.py needs
+    in its metadata."""
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - the dynamo exporter's dependency
+    except ImportError as e:
+        raise ConfigError("format=onnx needs the onnx extra: pip install -e '.[onnx]'") from e
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # its passes' lines, on every export
+    program = torch.onnx.export(
+        raw, example, dynamo=True, dynamic_shapes=rows, input_names=["x"], verbose=False
+    )
+    model = program.model_proto
+    onnx.helper.set_model_props(model, {ABOUT: json.dumps(about)})
+    onnx.save(model, out)
