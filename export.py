@@ -3,17 +3,12 @@
 import hydra
 from omegaconf import DictConfig
 
-from litlab.entry import exit_on_user_error, run
+from litlab.entry import run, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    try:
-        from litlab.inference import export  # imports Lightning (seconds): after --help and composing
-
-        export(cfg)
-    except Exception as e:
-        exit_on_user_error(e)
+    run_task("litlab.inference:export", cfg)
 
 
 if __name__ == "__main__":

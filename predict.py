@@ -3,22 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from litlab.entry import exit_on_user_error, run
+from litlab.entry import run, run_task
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    try:
-        if not str(cfg.get("ckpt_path", "")).endswith((".pt2", ".onnx")):
-            from litlab.inference import predict  # imports Lightning (seconds): after --help and composing
-
-            predict(cfg)
-        else:  # a model export.py wrote: torch or onnxruntime alone
-            from litlab.answers import predict_exported
-
-            predict_exported(cfg)
-    except Exception as e:
-        exit_on_user_error(e)
+    exported = str(cfg.get("ckpt_path", "")).endswith((".pt2", ".onnx"))  # torch or onnxruntime alone
+    run_task("litlab.answers:predict_exported" if exported else "litlab.inference:predict", cfg)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ finding the run that resume= or ckpt_path= names."""
 
 import contextlib
 import fcntl
+import importlib
 import logging
 import os
 import re
@@ -21,7 +22,7 @@ from typing import IO
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from litlab.errors import ConfigError, disk_full, one_line
 
@@ -260,6 +261,16 @@ def exit_on_user_error(error: Exception) -> None:
         raise error
     discard_refused_run()
     sys.exit(f"error: {message}")
+
+
+def run_task(target: str, cfg: DictConfig) -> None:
+    """eval.py's, predict.py's and export.py's task: call "module:function" on cfg, imported only now
+    (Lightning takes seconds: after --help and composing), a user's error in one line."""
+    module, _, function = target.partition(":")
+    try:
+        getattr(importlib.import_module(module), function)(cfg)
+    except Exception as e:
+        exit_on_user_error(e)
 
 
 def children() -> list[int]:
