@@ -139,7 +139,7 @@ def torch_program(path: Path) -> tuple:
 
     def run(x):
         with torch.no_grad():
-            return program(torch.from_numpy(x)).numpy()
+            return program(torch.tensor(x)).numpy()  # a copy: pandas hands out a read-only array
 
     return run, json.loads(extra[ABOUT])
 
