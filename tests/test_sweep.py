@@ -318,3 +318,20 @@ def test_a_diverged_experiment_is_not_ranked_best(tmp_path):
     assert math.isnan(settings.loc["experiment=book_divergence", "rank"])
     assert settings.loc["experiment=book_divergence", "verdict"].startswith("not ranked")
     assert "metric train/loss (min)" in (sweep_dir / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_swept_path_makes_one_directory_per_job(tmp_path):
+    """data.path=/abs/table.csv in a job's overrides: one directory named with %2F, not one per part."""
+    table = tmp_path / "lin.csv"
+    table.write_text("x,y\n" + "".join(f"{i},{2 * i}\n" for i in range(30)))
+    args = ("-m", "hydra/launcher=basic", "data=table", f"data.path={table}", "data.target=y")
+    run_train(tmp_path, *args, "optimizer.lr=0.001,0.002", "trainer.max_epochs=2")
+    (sweep,) = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert [j.split(",")[0] for j in jobs] == [
+        f"{n}_data.path={str(table).replace('/', '%2F')}" for n in (0, 1)
+    ]
+    assert all((sweep / j / "metrics.json").is_file() for j in jobs)
+    resumed = run_train(tmp_path, f"resume={sweep / jobs[0]}", "trainer.max_epochs=3")  # the path ls shows
+    assert f"resuming {sweep / jobs[0]}" in resumed.stdout and ", 3 epochs, " in resumed.stdout

@@ -194,6 +194,15 @@ def hydra_subdir(resume: str | None) -> str | None:
 OmegaConf.register_new_resolver("litlab.hydra_subdir", hydra_subdir, replace=True)
 
 
+def one_name(override_dirname: str) -> str:
+    """hydra.sweep.subdir: a job's overrides as one directory name; a path among them (data.path=/data/a.csv)
+    would make one directory per part of it."""
+    return override_dirname.replace(os.sep, "%2F")
+
+
+OmegaConf.register_new_resolver("litlab.one_name", one_name, replace=True)
+
+
 class RunLog(logging.FileHandler):
     """The run's log file (conf/hydra/default.yaml), held back until the command starts its work (start()):
     a command refused before then appends no line to a run it names, nor leaves a log of its own behind.
