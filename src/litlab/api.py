@@ -3,7 +3,6 @@
 same one-line ConfigErrors, raised."""
 
 import logging
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from litlab.entry import RunLog, highest_missing, paths_as_typed, remove_empty
+from litlab.entry import RunLog, discard_new_run, highest_missing, paths_as_typed
 from litlab.errors import ConfigError, one_line
 
 CONF = Path(__file__).resolve().parents[2] / "conf"  # the template's conf/, wherever the notebook runs
@@ -72,9 +71,7 @@ def fit(cfg: DictConfig) -> Run:
         fitted = fit_config(cfg)
     except Exception as e:
         if not RunLog.started and made is not None:  # refused before its work: nothing of it stays
-            shutil.rmtree(run_dir / ".hydra", ignore_errors=True)
-            (run_dir / ".lock").unlink(missing_ok=True)
-            remove_empty(run_dir, made)
+            discard_new_run(run_dir, made)
         if (message := one_line(e)) is None or isinstance(e, ConfigError):
             raise
         raise ConfigError(message) from e

@@ -238,7 +238,12 @@ def discard_refused_run() -> None:
     touched). Directory by directory with rmdir, which leaves one another command has just written into."""
     if RunLog.started or not MADE or MADE[0] is None or RunLog.run_dir is None:
         return
-    made, run_dir = MADE[0], RunLog.run_dir.absolute()
+    discard_new_run(RunLog.run_dir.absolute(), MADE[0])
+
+
+def discard_new_run(run_dir: Path, made: Path) -> None:
+    """Remove a new run's .hydra/ and .lock, then the run directory and the parents this command made (made:
+    the highest) while they are empty: what a command refused before its work leaves of it."""
     if not run_dir.is_relative_to(made):
         return
     shutil.rmtree(run_dir / ".hydra", ignore_errors=True)

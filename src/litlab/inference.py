@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from litlab.answers import ABOUT, answer, read_inputs
 from litlab.checkpoints import (
+    SHAPE_KEYS,
     check_compatible,
     check_unchanged,
     command_overrides,
@@ -123,7 +124,7 @@ def predictor(cfg: DictConfig) -> tuple[Path, Raw, dict]:
     accepted = inspect.signature(get_class(saved.model._target_)).parameters  # constructor arguments only
     sizes = {k: v for k, v in hparams.items() if k in accepted and k not in saved.model}  # the data's
     model = instantiate(saved.model, **sizes)
-    for key in ("task", "in_features", "out_features"):  # what train.build recorded for a module of one's own
+    for key in SHAPE_KEYS:  # what train.build recorded for a module of one's own
         model.hparams.setdefault(key, hparams.get(key))
     model.load_state_dict(values["state_dict"])
     about = {"task": model.hparams.task, "in_features": model.hparams.in_features, **saved_names(values)}

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from litlab.callbacks import Pruning, SafeStop
 from litlab.checkpoints import (
+    SHAPE_KEYS,
     ResumeState,
     check_compatible,
     check_epochs,
@@ -270,12 +271,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, Pr
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     given = {"optimizer": instantiate(cfg.optimizer), "scheduler": scheduler, **model_arguments(data, found)}
     model = instantiate(cfg.model, **accepted_arguments(cfg, given))
-    for key, value in (
-        ("task", found.task),
-        ("in_features", found.in_features),
-        ("out_features", found.out_features),
-    ):
-        model.hparams.setdefault(key, value)  # a module of one's own: what pictures and predict.py need
+    for key in SHAPE_KEYS:  # a module of one's own: what pictures and predict.py need
+        model.hparams.setdefault(key, getattr(found, key))
     return data, model, found
 
 
