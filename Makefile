@@ -1,4 +1,4 @@
-# make install | data | train | test | test-quick | cluster-test | lint | bench | tensorboard | clean
+# make install | data | train | test | test-quick | cluster-test | lint | bench | tensorboard | mlflow | clean
 # `make train` and `make test` set up what they need on first use: a virtual environment in .venv (or the
 # one that is active), torch's CPU build where there is no GPU, and this package; `make test` (and lint,
 # bench) add the test tools.
@@ -8,11 +8,12 @@ TORCH_VERSION ?= 2.13.0
 # Without a GPU, install the CPU build of torch first (the default wheel carries several GB of CUDA).
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 TB_PORT ?= 6006
+MLFLOW_PORT ?= 5000
 LOGDIR ?= logs
 INSTALLED := $(VENV)/.litlab-installed
 DEV := $(VENV)/.litlab-dev
 
-.PHONY: install data train test test-quick cluster-test lint format tensorboard bench clean
+.PHONY: install data train test test-quick cluster-test lint format tensorboard mlflow bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -69,6 +70,12 @@ bench: $(INSTALLED)
 tensorboard: $(INSTALLED)
 	@echo "TensorBoard at http://127.0.0.1:$(TB_PORT)/#custom_scalars ($(LOGDIR)/; Ctrl-C stops it)"
 	$(PYTHON) -m tensorboard.main --logdir $(LOGDIR) --host 127.0.0.1 --port $(TB_PORT) --samples_per_plugin images=1000
+
+# MLflow's UI on the runs of logger=mlflow (their SQLite store, logs/mlflow.db, and logs/mlartifacts/).
+mlflow: $(INSTALLED)
+	@$(PYTHON) -c "import mlflow" 2>/dev/null || { echo "MLflow is not installed: $(PYTHON) -m pip install -e '.[mlflow]'"; exit 1; }
+	@echo "MLflow at http://127.0.0.1:$(MLFLOW_PORT) ($(LOGDIR)/mlflow.db; Ctrl-C stops it)"
+	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///$(abspath $(LOGDIR))/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -9,6 +9,7 @@ torch is imported for its optimizers' own checks, Lightning for the accelerators
 names a class of one's own (its signature is read from the class)."""
 
 import difflib
+import importlib.util
 import math
 import os
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from litlab.entry import NAME, named
 from litlab.errors import ConfigError, flat
 from litlab.signatures import arguments
 
@@ -30,6 +32,7 @@ DECLARED = ("task", "in_features", "out_features", "num_classes")
 def check_config(cfg: DictConfig) -> None:
     """Refuse settings that would only fail, or silently mislead, deep inside a run."""
     check_top_level(cfg)
+    check_extras(cfg.get("logger"))
     for where, node in targets(cfg, GROUPS):
         check_arguments(where, node)
     check_finite(cfg)
@@ -294,6 +297,29 @@ def check_top_level(cfg: DictConfig) -> None:
         raise ConfigError(f"threads={threads!r} must be auto or a whole number >= 1: try threads=auto")
     if cfg.optimized_mode not in ("min", "max"):
         raise ConfigError(f"optimized_mode={cfg.optimized_mode!r} must be min or max")
+    named(cfg.get("name"))
+    tags = cfg.get("tags") or []
+    if not isinstance(tags, ListConfig | list) or not all(
+        isinstance(t, str) and NAME.fullmatch(t) for t in tags
+    ):
+        raise ConfigError(
+            f"tags={typed(tags)} must be a list of words of letters, digits, '.', '_' and '-': "
+            "try tags=[baseline]"
+        )
+
+
+# What a logger needs beyond the default install (pyproject's extras)
+EXTRAS = {"litlab.loggers.MLflow": "mlflow", "litlab.loggers.Wandb": "wandb"}
+
+
+def check_extras(loggers: DictConfig | None) -> None:
+    """logger=mlflow without MLflow installed: one line that says how to install it."""
+    for name, node in (loggers or {}).items():
+        package = EXTRAS.get(node.get("_target_")) if isinstance(node, DictConfig) else None
+        if package and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"logger={name} needs {package}, which is not installed: pip install -e '.[{package}]'"
+            )
 
 
 def check_optimizer(opt: DictConfig) -> None:

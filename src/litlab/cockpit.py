@@ -58,6 +58,10 @@ class TensorBoard(TensorBoardLogger):
             self.experiment.add_custom_scalars(layout(self.charted))
 
     @rank_zero_only
+    def log_picture(self, tag: str, image: Image.Image, step: int) -> None:
+        add_picture(self.experiment, tag, image, step)
+
+    @rank_zero_only
     def log_results(self, hparams: dict, metrics: list[str], first: list[str]) -> None:
         """The HParams entry: hparams (plain values), the metric tags whose last values it shows (in this
         order), and the hparams to list first (HParams lists those marked as differing first)."""
@@ -92,6 +96,11 @@ def tensorboard_writer(trainer: L.Trainer) -> SummaryWriter | None:
     if not trainer.is_global_zero:
         return None
     return next((lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+
+def picture_loggers(trainer: L.Trainer) -> list:
+    """The loggers that take pictures (log_picture: TensorBoard, MLflow, W&B) on rank 0."""
+    return [lg for lg in trainer.loggers if hasattr(lg, "log_picture")] if trainer.is_global_zero else []
 
 
 def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: int, description: str) -> None:
@@ -245,29 +254,39 @@ class OptimumGap(L.Callback):
         if found is None:
             return
         self.optimum, how, start = found
-        writer = tensorboard_writer(trainer)
-        if writer is None or trainer.global_step > 0:  # a resumed run: its first start logged these
+        if (
+            not trainer.is_global_zero or trainer.global_step > 0
+        ):  # a resumed run: its first start logged these
             return
-        step = trainer.global_step  # the gap before the first step; it also carries the tags' descriptions
-        add_described_scalar(writer, "train/optimum_loss", self.optimum, step, f"Loss of {how}.")
-        add_described_scalar(
-            writer, "train/gap", gap(start, self.optimum), step, f"train/loss minus the loss of {how}."
-        )
+        step = (
+            trainer.global_step
+        )  # the gap before the first step; in TensorBoard with the tags' descriptions
+        values = {"train/optimum_loss": self.optimum, "train/gap": gap(start, self.optimum)}
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                add_described_scalar(
+                    logger.experiment, "train/optimum_loss", self.optimum, step, f"Loss of {how}."
+                )
+                description = f"train/loss minus the loss of {how}."
+                add_described_scalar(logger.experiment, "train/gap", values["train/gap"], step, description)
+            else:
+                logger.log_metrics(values, step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get("train/loss")  # this epoch's mean, as logged
         if self.optimum is None or loss is None or not metrics_due(trainer):
             return
         distance = gap(float(loss), self.optimum)
-        writer = tensorboard_writer(trainer)
-        if last_epoch(trainer) or writer is None:  # through Lightning: metrics.json, every logger
+        if last_epoch(trainer):  # through Lightning: metrics.json, every logger
             pl_module.log("train/optimum_loss", self.optimum)
             pl_module.log("train/gap", distance)
             return
-        # Elsewhere straight to TensorBoard, at train/loss's step: self.log costs ~0.5 ms a call.
-        step = trainer.global_step - 1
-        writer.add_scalar("train/optimum_loss", self.optimum, step)
-        writer.add_scalar("train/gap", distance, step)
+        # Elsewhere straight to the loggers, at train/loss's step: self.log costs ~0.5 ms a call.
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(
+                    {"train/optimum_loss": self.optimum, "train/gap": distance}, trainer.global_step - 1
+                )
 
 
 def skipped(why: str) -> None:
@@ -500,8 +519,8 @@ class FitPictures(L.Callback):
                 writer.add_histogram(f"params/{name}", param.detach().cpu(), trainer.global_step)
         if self.one_input_regression(pl_module):
             self.frames.append(self.line_frame(trainer, pl_module))
-            if writer is not None:
-                add_picture(writer, "fit/line", self.frames[-1], trainer.global_step)
+            for logger in picture_loggers(trainer):
+                logger.log_picture("fit/line", self.frames[-1], trainer.global_step)
         if self.recorded % self.plot_every_n_val == 0:
             self.draw(trainer, pl_module)
 
@@ -543,8 +562,8 @@ class FitPictures(L.Callback):
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Every picture of this task, on the validation split (the training split without one)."""
         self.drawn_step = trainer.global_step
-        writer = tensorboard_writer(trainer)
-        if writer is None or self.one_input_regression(pl_module):
+        loggers = picture_loggers(trainer)
+        if not loggers or self.one_input_regression(pl_module):
             return
         held = self.points(trainer, "val") or self.points(trainer, "train")
         if held is None:
@@ -561,7 +580,8 @@ class FitPictures(L.Callback):
         else:
             pictures = {"confusion_matrix": confusion_picture(y, pred.argmax(1), pred.shape[1], self.size)}
         for name, image in pictures.items():
-            add_picture(writer, f"fit/{name}", image, trainer.global_step)
+            for logger in loggers:
+                logger.log_picture(f"fit/{name}", image, trainer.global_step)
 
 
 class ConfigText(L.Callback):

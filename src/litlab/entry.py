@@ -49,6 +49,10 @@ QUIET = re.compile(
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda r: not QUIET.search(r.getMessage())
 )
+# MLflow's first run of a store or a sweep makes its experiment: a warning in Lightning's words
+logging.getLogger("lightning.pytorch.loggers.mlflow").addFilter(
+    lambda r: "Creating it." not in r.getMessage()
+)
 # A resumed run's checkpoints/ holds its own checkpoints, of course.
 warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
 # Run directories end in _<microseconds>-<pid>: two runs started at the same moment never share one.
@@ -109,6 +113,40 @@ def in_sweep() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def named(name: str | None) -> str:
+    """The end of a run's or sweep's directory name: _<name> for name=<name> (checked: it names a
+    directory and a tracker run), nothing without one."""
+    if name is None:
+        return ""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ConfigError(
+            f"name={name} must be one word of letters, digits, '.', '_' and '-' (it ends the run directory's "
+            "name): try name=baseline"
+        )
+    return f"_{name}"
+
+
+def run_label(name: str | None, output_dir: str) -> str:
+    """What trackers call a run: its name, else its directory's; a sweep job its directory's
+    (0_optimizer=adam,seed=1: the sweep's experiment bears the name)."""
+    return Path(output_dir).name if in_sweep() or not name else name
+
+
+def experiment(task_name: str) -> str:
+    """A tracker's experiment (MLflow) or group (W&B): a sweep's own, <task>/<sweep directory>; the task's
+    (train) for single runs."""
+    return f"{task_name}/{Path(HydraConfig.get().sweep.dir).name}" if in_sweep() else task_name
+
+
+OmegaConf.register_new_resolver("litlab.named", named, replace=True)
+OmegaConf.register_new_resolver("litlab.run_label", run_label, replace=True)
+OmegaConf.register_new_resolver("litlab.experiment", experiment, replace=True)
+OmegaConf.register_new_resolver("litlab.absolute", lambda path: str(Path(path).absolute()), replace=True)
+
+
 def run_choices(run_dir: str | Path) -> dict[str, str]:
     """The run's own options (data=wine, model=mlp, ...), as Hydra recorded them when the run started
     (.hydra/hydra.yaml): a resume's command composes the defaults (model=linear) around the saved config.
@@ -127,15 +165,37 @@ def as_typed(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
-def viewer(log_dir: Path) -> str:
-    """The command that shows the runs under log_dir in TensorBoard: `make tensorboard` from the project's
-    directory, else the tensorboard installed beside this Python (on PATH only inside its venv)."""
-    log_dir = as_typed(log_dir)
-    if Path("Makefile").is_file() and Path("train.py").is_file():
-        elsewhere = "" if log_dir == Path("logs") else f" LOGDIR={shlex.quote(str(log_dir))}"
-        return f"make tensorboard{elsewhere}"
-    tensorboard = Path(sys.executable).parent / "tensorboard"
-    return f"{tensorboard if tensorboard.is_file() else 'tensorboard'} --logdir {shlex.quote(str(log_dir))}"
+def viewers(log_dir: Path, loggers: DictConfig | None) -> list[str]:
+    """How to look at the runs under log_dir in each configured logger: TensorBoard and MLflow's UI by make
+    from the project's directory, else by the commands installed beside this Python (on PATH only inside
+    its venv); an MLflow server by its address; W&B's offline files by wandb sync."""
+    log_dir, lines = as_typed(log_dir), []
+    here = Path("Makefile").is_file() and Path("train.py").is_file()
+    elsewhere = "" if log_dir == Path("logs") else f" LOGDIR={shlex.quote(str(log_dir))}"
+    for node in (loggers or {}).values():
+        target = str((node or {}).get("_target_", ""))
+        if target.endswith("TensorBoard"):
+            command = f"{installed('tensorboard')} --logdir {shlex.quote(str(log_dir))}"
+            lines.append(f"view it: {f'make tensorboard{elsewhere}' if here else command}")
+        elif target.endswith("loggers.MLflow"):
+            uri = str(node.tracking_uri)
+            if not uri.startswith("sqlite:///"):
+                lines.append(f"view it in MLflow: {uri}")
+            elif Path(uri.removeprefix("sqlite:///")) == (log_dir / "mlflow.db").absolute() and here:
+                lines.append(f"view it in MLflow: make mlflow{elsewhere}")
+            else:
+                lines.append(
+                    f"view it in MLflow: {installed('mlflow')} ui --backend-store-uri {shlex.quote(uri)}"
+                )
+        elif target.endswith("loggers.Wandb") and node.get("offline", True):
+            lines.append(f"upload it to W&B: {installed('wandb')} sync <run directory>/wandb/offline-run-*")
+    return lines
+
+
+def installed(command: str) -> str:
+    """A command installed beside this Python (a venv's, on PATH only inside it), else as it is."""
+    path = Path(sys.executable).parent / command
+    return str(path) if path.is_file() else command
 
 
 def hold(run_dir: Path) -> IO:

@@ -21,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from litlab.checks import check_multirun_strategy
-from litlab.entry import as_typed, stop_workers, viewer
+from litlab.entry import as_typed, stop_workers, viewers
 from litlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,15 @@ LOWER_IS_BETTER = (
 )  # metric names ending so; every other metric is better higher
 
 
-def write_result(out_dir: Path, status: str, metrics: dict, started: float, error: str = "") -> None:
-    """metrics.json in the run directory: how the run ended (ok, diverged, failed) and its final metrics.
+def write_result(
+    out_dir: Path, status: str, metrics: dict, started: float, error: str = "", labels: dict | None = None
+) -> None:
+    """metrics.json in the run directory: how the run ended (ok, diverged, failed), its final metrics, and
+    labels (the run's name and tags) where it has them.
 
     Sweep summaries read these; a failed job writes one too, with the first line of its error."""
     result = {"status": status, "metrics": metrics, "duration_s": round(time.time() - started, 3)}
+    result |= {k: v for k, v in (labels or {}).items() if v}
     if error:
         result["error"] = error.splitlines()[0] if error.strip() else error
     (out_dir / "metrics.json").write_text(json.dumps(result, indent=1))
@@ -138,6 +142,8 @@ def read_job(run_dir: Path, optimized_metric: str, optimized_mode: str) -> dict[
     result = json.loads(result_file.read_text()) if result_file.exists() else {"status": "no result"}
     row = {"status": result["status"], "duration_s": result.get("duration_s", math.nan)}
     row["error"] = result.get("error", "")
+    if "name" in result or "tags" in result:
+        row |= {"name": result.get("name", ""), "tags": ",".join(result.get("tags", []))}
     for name, value in result.get("metrics", {}).items():
         if not name.startswith("lr-"):
             row[f"final {name}"] = value
@@ -155,6 +161,7 @@ def read_sweep(sweep_dir: Path, optimized_metric: str, optimized_mode: str):
     dirs = job_dirs(sweep_dir)
     overrides = pd.DataFrame([read_overrides(d) for d in dirs])
     results = pd.DataFrame([read_job(d, optimized_metric, optimized_mode) for d in dirs])
+    results = results.drop(columns=[c for c in ("name", "tags") if c in overrides and c in results])
     jobs = pd.concat(
         [
             pd.DataFrame({"job": [job_number(d) for d in dirs], "dir": [d.name for d in dirs]}),
@@ -420,4 +427,5 @@ class SweepSummary(Callback):
         text = write_summary(sweep_dir, metric, mode, None, min_effect)
         print(text, flush=True)
         log.info(f"summary: {as_typed(sweep_dir / 'summary.md')} (jobs.csv, settings.csv)")
-        log.info(f"view it: {viewer(Path(config.paths.log_dir))}")
+        for line in viewers(Path(config.paths.log_dir), config.get("logger")):
+            log.info(line.replace("<run directory>", str(as_typed(sweep_dir)) + "/*"))

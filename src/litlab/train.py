@@ -59,7 +59,7 @@ from litlab.entry import (
     hold,
     in_sweep,
     run_choices,
-    viewer,
+    viewers,
 )
 from litlab.errors import ConfigError, DiskFull, Diverged, disk_full, flat, user_error
 from litlab.search import job_trial
@@ -110,6 +110,35 @@ def hparams_of(cfg: DictConfig) -> dict:
             str(chosen["trainer"][key]) if key != "max_epochs" else chosen["trainer"][key]
         )
     return flat
+
+
+def run_params(cfg: DictConfig) -> tuple[dict, list[str]]:
+    """(the run's choices as flat plain values, the keys its command sweeps): TensorBoard's HParams, the
+    params of MLflow and the config of W&B."""
+    swept, choices = swept_keys(), run_choices(cfg.paths.output_dir)
+    params = hparams_of(cfg)
+    for key in swept:  # a swept key that hparams_of leaves out (callbacks.*, a user's own; a group's option)
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, DictConfig):  # a group: its option (logger=[tensorboard,mlflow] records none)
+            value = choices.get(key)
+        if key not in ("name", "tags", "resume") and value is not None:  # labels, not choices
+            params.setdefault(key, plain(value))
+    return params, swept
+
+
+def begin_trackers(cfg: DictConfig, loggers: dict, resumed: bool) -> None:
+    """Start the run in MLflow and W&B (loggers.py) with its choices and tags (tags=[...], and in a sweep
+    each swept key with its value), and record their run ids in cfg: config.yaml then resumes the same."""
+    trackers = {name: lg for name, lg in loggers.items() if hasattr(lg, "begin")}
+    if not trackers:
+        return
+    params, swept = run_params(cfg)
+    tags = dict.fromkeys(cfg.get("tags") or [], "")
+    if in_sweep():
+        tags |= {key: str(params[key]) for key in swept if key in params}
+    for name, logger in trackers.items():
+        with open_dict(cfg):
+            cfg.logger[name].update(logger.begin(params, tags, resumed))
 
 
 def fit_trainer(
@@ -163,19 +192,23 @@ def finish(
         if isinstance(stopped, DiskFull)
         else "interrupted"
     )
-    for logger in trainer.loggers if not isinstance(stopped, DiskFull) else ():  # no space for TensorBoard
+    out_dir = Path(cfg.paths.output_dir)
+    for logger in trainer.loggers if not isinstance(stopped, DiskFull) else ():  # no space to log
         if isinstance(logger, TensorBoard):  # real final values: each curve's last point
-            swept = swept_keys()
-            hparams = {**hparams_of(cfg), "status": status, "epochs": epochs}  # how far each run got
-            for key in swept:  # a swept key that hparams_of leaves out (callbacks.*, a user's own)
-                hparams.setdefault(key, plain(OmegaConf.select(cfg, key)))
+            params, swept = run_params(cfg)
+            hparams = {**params, "status": status, "epochs": epochs}  # how far each run got
+            hparams |= {k: plain(cfg[k]) for k in ("name", "tags") if cfg.get(k)}
             order = [cfg.optimized_metric, *(m for m in ("train/loss", "val/loss") if m in metrics)]
             logger.log_results(hparams, list(dict.fromkeys([*order, *sorted(metrics)])), swept)
             logger.finalize("success" if status in ("ok", "pruned", "debug") else "failed")
+        elif hasattr(logger, "end") and trainer.is_global_zero:  # MLflow, W&B (loggers.py)
+            files = [out_dir / "config.yaml", *out_dir.glob("*.gif")]
+            logger.end(status, epochs, [f for f in files if f.is_file()])
     error = str(stopped or "").removeprefix("error: ")
     if trainer.is_global_zero:  # ranks that srun or torchrun started share the run directory
         try:
-            write_result(Path(cfg.paths.output_dir), status, metrics, started, error)
+            labels = {"name": cfg.get("name"), "tags": list(cfg.get("tags") or [])}
+            write_result(out_dir, status, metrics, started, error, labels)
         except OSError as e:
             if not isinstance(stopped, DiskFull) or disk_full(e) is None:
                 raise
@@ -382,7 +415,9 @@ def closing_lines(cfg: DictConfig, status: str, metrics: dict, data: L.Lightning
     log_dir = out_dir.parents[2] if out_dir.parent.name == "runs" else Path(cfg.paths.log_dir)  # resumed too
     lines = [line + (f"  ({'; '.join(dropped)})" if dropped else ""), f"run directory: {out_dir}"]
     if not in_sweep():  # a sweep says it once, at its end (sweep.py)
-        lines.append(f"view it: {viewer(log_dir)}")
+        lines += [
+            line.replace("<run directory>", str(out_dir)) for line in viewers(log_dir, cfg.get("logger"))
+        ]
     more = f" trainer.max_epochs={2 * epochs}" if status == "ok" else ""
     lines.append(f"go on: python train.py resume={shlex.quote(str(out_dir))}{more}")
     return lines
@@ -419,7 +454,9 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> Fitted
         )
         check_compatible(saved, resume_ckpt, model, data)
         check_resumable(saved, resume_ckpt, fast)
-    loggers = [instantiate(c, **logger_kwargs(c, saved)) for c in (cfg.get("logger") or {}).values() if c]
+    loggers = {
+        n: instantiate(c, **logger_kwargs(c, saved)) for n, c in (cfg.get("logger") or {}).items() if c
+    }
     trial = job_trial()  # a trial of our Optuna sweeper: report to it, stop where its pruner says
     pruning = Pruning(trial, cfg.optimized_metric) if trial is not None else None
     callbacks = [c for _, c in callbacks.values()] + [c for c in (fast, pruning) if c is not None]
@@ -428,7 +465,10 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> Fitted
     trainer_class = get_class(settings.pop("_target_"))
     try:
         trainer = trainer_class(
-            **settings, logger=loggers or False, callbacks=callbacks, enable_checkpointing=checkpointing
+            **settings,
+            logger=list(loggers.values()) or False,
+            callbacks=callbacks,
+            enable_checkpointing=checkpointing,
         )
     except (ValueError, MisconfigurationException) as e:  # Lightning's own refusal of a combination
         raise ConfigError(f"Lightning refuses these trainer settings: {flat(str(e))}") from e
@@ -439,6 +479,7 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> Fitted
     out_dir = Path(cfg.paths.output_dir)
     RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
+        begin_trackers(cfg, loggers, resumed=saved is not None)
         OmegaConf.save(cfg, out_dir / "config.yaml", resolve=True)
     for callback in callbacks:  # every checkpoint keeps the config it was made with (check_unchanged)
         if isinstance(callback, ResumeState):
