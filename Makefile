@@ -75,7 +75,7 @@ tensorboard: $(INSTALLED)
 mlflow: $(INSTALLED)
 	@$(PYTHON) -c "import mlflow" 2>/dev/null || { echo "MLflow is not installed: $(PYTHON) -m pip install -e '.[mlflow]'"; exit 1; }
 	@echo "MLflow at http://127.0.0.1:$(MLFLOW_PORT) ($(LOGDIR)/mlflow.db; Ctrl-C stops it)"
-	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///$(abspath $(LOGDIR))/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT)
+	$(PYTHON) -m mlflow server --backend-store-uri sqlite:///$(abspath $(LOGDIR))/mlflow.db --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
 clean:
 	rm -rf logs outputs multirun .pytest_cache .ruff_cache

@@ -1,9 +1,11 @@
 """Shared fixtures: compose the real config tree in-process, or run train.py as a user would."""
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,43 @@ def run_dirs(root: Path) -> list[Path]:
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides: compose_train(tmp_path, *overrides)
+
+
+def postgres_bin(name: str) -> str | None:
+    found = shutil.which(name, path=SYSTEM_PATH)
+    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    return found or (str(versions[-1]) if versions else None)
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    """A PostgreSQL server of its own in a temp dir (initdb, pg_ctl), on a free port; its URL."""
+    pytest.importorskip("psycopg", reason="pip install -e '.[postgres]'")
+    initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("no PostgreSQL server here (apt-get install postgresql)")
+    home = Path(tempfile.mkdtemp(prefix="litlab-pg-"))  # not below pytest's root-only temp dirs
+    data = home / "data"
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        runuser = shutil.which("runuser", path=SYSTEM_PATH)
+        if not runuser:
+            pytest.skip("running as root without runuser: PostgreSQL cannot start")
+        as_user = [runuser, "-u", "postgres", "--"]
+        shutil.chown(home, "postgres")
+    port = free_port()
+    setup = subprocess.run(
+        [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], capture_output=True
+    )
+    if setup.returncode != 0:
+        pytest.skip(f"initdb failed: {setup.stderr.decode()[-300:]}")
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
+    started = subprocess.run(
+        [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start"],
+        capture_output=True,
+    )
+    if started.returncode != 0:
+        pytest.skip(f"pg_ctl start failed: {started.stderr.decode()[-300:]}")
+    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True)

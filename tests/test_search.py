@@ -5,12 +5,10 @@ trials, and one study shared through a journal file or a real PostgreSQL server.
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +21,7 @@ from optuna.trial import TrialState
 
 from litlab import search
 from litlab.errors import ConfigError
-from tests.conftest import SYSTEM_PATH, free_port, run_train, train_command
+from tests.conftest import free_port, run_train, train_command
 from tests.test_train import events, hparams_session
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -275,46 +273,6 @@ def test_two_processes_share_one_study_in_a_journal_file(tmp_path):
     storage = str(tmp_path / "shared" / "study.log")
     start_searches(tmp_path, storage, 6)
     check_shared(tmp_path, storage, 6)
-
-
-def postgres_bin(name: str) -> str | None:
-    found = shutil.which(name, path=SYSTEM_PATH)
-    versions = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
-    return found or (str(versions[-1]) if versions else None)
-
-
-@pytest.fixture(scope="module")
-def postgres(tmp_path_factory):
-    """A PostgreSQL server of its own in a temp dir (initdb, pg_ctl), on a free port; its URL."""
-    pytest.importorskip("psycopg", reason="pip install -e '.[postgres]'")
-    initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        pytest.skip("no PostgreSQL server here (apt-get install postgresql)")
-    home = Path(tempfile.mkdtemp(prefix="litlab-pg-"))  # not below pytest's root-only temp dirs
-    data = home / "data"
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        runuser = shutil.which("runuser", path=SYSTEM_PATH)
-        if not runuser:
-            pytest.skip("running as root without runuser: PostgreSQL cannot start")
-        as_user = [runuser, "-u", "postgres", "--"]
-        shutil.chown(home, "postgres")
-    port = free_port()
-    setup = subprocess.run(
-        [*as_user, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], capture_output=True
-    )
-    if setup.returncode != 0:
-        pytest.skip(f"initdb failed: {setup.stderr.decode()[-300:]}")
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1"
-    started = subprocess.run(
-        [*as_user, pg_ctl, "-D", str(data), "-o", options, "-l", str(data / "server.log"), "-w", "start"],
-        capture_output=True,
-    )
-    if started.returncode != 0:
-        pytest.skip(f"pg_ctl start failed: {started.stderr.decode()[-300:]}")
-    yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
-    subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "stop"], capture_output=True)
-    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.slow

@@ -418,6 +418,11 @@ class ResumeState(Callback):
             checkpoint[RECORD] = record(trainer.datamodule)
         if self.config is not None:  # what a resume, eval and predict compare config.yaml with
             checkpoint[CONFIG] = self.config
+        for (
+            logger
+        ) in trainer.loggers:  # MLflow holds every step before the checkpoint a resume continues from
+            if hasattr(logger, "send"):
+                logger.send()
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         restore_metric_states(pl_module, checkpoint.get("metric_states", {}))

@@ -222,6 +222,8 @@ def hold(run_dir: Path) -> IO:
 # The highest directory that a new run's path lacked before Hydra made it (run_dir_of): a command refused
 # before its work starts removes it again, with the .hydra/ that Hydra wrote into it.
 MADE: list[Path | None] = []
+# Files a logger made before the work started (a new MLflow store): a refused command removes them too.
+MADE_FILES: list[Path] = []
 
 
 def highest_missing(path: Path) -> Path | None:
@@ -296,7 +298,11 @@ def discard_refused_run() -> None:
     """After a refusal before the work started: remove the new run directory Hydra made, with the .hydra/ it
     wrote there, and the parents it made for it while they are empty (a resume's own directory is never
     touched). Directory by directory with rmdir, which leaves one another command has just written into."""
-    if RunLog.started or not MADE or MADE[0] is None or RunLog.run_dir is None:
+    if RunLog.started:
+        return
+    for path in MADE_FILES:
+        path.unlink(missing_ok=True)
+    if not MADE or MADE[0] is None or RunLog.run_dir is None:
         return
     discard_new_run(RunLog.run_dir.absolute(), MADE[0])
 

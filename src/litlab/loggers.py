@@ -25,6 +25,8 @@ from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from litlab.entry import MADE_FILES
+
 SEND_EVERY_S = 2.0  # MLflow's scalars are sent together at most this long after they are logged
 # Our statuses in MLflow's terms (diverged and failed runs: FAILED)
 MLFLOW_STATUS = {"ok": "FINISHED", "pruned": "FINISHED", "debug": "FINISHED", "interrupted": "KILLED"}
@@ -45,10 +47,10 @@ class MLflow(MLFlowLogger):
         log_model: bool | str = False,
         artifact_location: str | None = None,
     ):
-        if artifact_location is None and tracking_uri.startswith("sqlite:///"):
-            artifact_location = (
-                Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts"
-            ).as_uri()
+        if tracking_uri.startswith("sqlite:///"):
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            MADE_FILES.extend(p for p in (db, Path(f"{db}.lock")) if not p.exists())  # a refusal removes them
+            artifact_location = artifact_location or (db.parent / "mlartifacts").as_uri()
         with one_at_a_time(tracking_uri):  # MlflowClient makes a new SQLite store's tables
             super().__init__(
                 experiment_name=experiment_name,
@@ -61,7 +63,7 @@ class MLflow(MLFlowLogger):
             )
         self.sent: dict[str, int] = {}  # a resumed run: each scalar's last step in MLflow
         self.pending: list = []  # scalars not sent yet (log_metrics)
-        self.sent_at = time.monotonic()
+        self.sent_at, self.send_next = time.monotonic(), False
 
     def log_hyperparams(self, params) -> None:
         """Lightning's call with the module's hparams: begin() logs the run's choices instead (an MLflow param
@@ -77,14 +79,16 @@ class MLflow(MLFlowLogger):
         for key, value in metrics.items():
             if key != "epoch" and step > self.sent.get(key, -1):
                 self.pending.append(Metric(key, float(value), now, step))
-        if len(self.pending) >= 1000 or time.monotonic() - self.sent_at > SEND_EVERY_S:
+        if len(self.pending) >= 1000 or time.monotonic() - self.sent_at > SEND_EVERY_S or self.send_next:
             self.send()
 
-    def send(self) -> None:
-        """The scalars held back, to MLflow."""
+    def send(self, next_too: bool = False) -> None:
+        """The scalars held back, to MLflow; next_too: the next log_metrics call's too, at once. A checkpoint
+        sends (checkpoints.ResumeState) and so does the epoch's log that Lightning writes after it: a run
+        killed later resumes from that checkpoint, and MLflow holds every step before it."""
         for first in range(0, len(self.pending), 1000):
             self.experiment.log_batch(self.run_id, metrics=self.pending[first : first + 1000])
-        self.pending, self.sent_at = [], time.monotonic()
+        self.pending, self.sent_at, self.send_next = [], time.monotonic(), next_too
 
     def begin(self, params: dict, tags: dict[str, str], resumed: bool) -> dict:
         from mlflow.entities import Param, RunTag
@@ -133,8 +137,13 @@ class MLflow(MLFlowLogger):
             self._scan_and_log_checkpoints(self._checkpoint_callback)
         client.set_terminated(run_id, MLFLOW_STATUS.get(status, "FAILED"))
 
+    @rank_zero_only
     def finalize(self, status: str = "success") -> None:
-        """Lightning's end of fit: the run goes on (the final validation, the pictures); end() closes it."""
+        """Lightning's end of fit: the run goes on (the final validation, the pictures) and end() closes it;
+        a fit that failed with an error (a bug) ends as MLflow's FAILED here."""
+        if status == "failed" and self._initialized:
+            self.send()
+            self.experiment.set_terminated(self.run_id, "FAILED")
 
 
 class Wandb(WandbLogger):
@@ -213,7 +222,9 @@ def one_at_a_time(tracking_uri: str) -> Iterator[None]:
     if not tracking_uri.startswith("sqlite:///"):
         yield
         return
-    with open(tracking_uri.removeprefix("sqlite:///") + ".lock", "a") as lock:
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
