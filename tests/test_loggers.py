@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from litlab import checks
 from litlab.checkpoints import load
+from litlab.errors import ConfigError
 from litlab.loggers import records
 from tests.conftest import ROOT, free_port, run_train
 from tests.test_checkpoints import run_dirs, start_train, wait_for_epoch
@@ -305,3 +307,47 @@ def test_a_wandb_run_offline_holds_the_runs_values(tmp_path):
     assert {"config.yaml", "fit.gif"} <= files and any(
         f.startswith("media/images/fit/line_") for f in files
     ), files
+
+
+def test_a_refused_run_leaves_no_mlflow_store(tmp_path):
+    """Lightning refuses the trainer after the MLflow logger made its store: the command removes it."""
+    proc = run_train(tmp_path, "logger=[tensorboard,mlflow]", "trainer.num_nodes=0", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: Lightning refuses these trainer settings: `num_nodes` must be a positive integer, but got 0."
+    ]
+    assert "mlflow" not in proc.stdout and not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "override,error",
+    [
+        ("name=a/b", "name=a/b must be one word of letters, digits, '.', '_' and '-'"),
+        ("tags=[ok,'a b']", "tags=[ok,a b] must be a list of words of letters, digits, '.', '_' and '-'"),
+        ("tags=book", "tags=book must be a list of words"),
+    ],
+)
+def test_names_and_tags_are_words(tmp_path, override, error):
+    proc = run_train(tmp_path, override, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith(f"error: {error}"), proc.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_logger_whose_package_is_missing_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(checks.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(
+        ConfigError, match=r"^logger=wandb needs wandb, which is not installed: pip install -e '\.\[wandb\]'$"
+    ):
+        checks.check_extras(OmegaConf.create({"wandb": {"_target_": "litlab.loggers.Wandb"}}))
+
+
+@pytest.mark.slow
+def test_a_diverged_run_fails_in_mlflow_as_in_tensorboard(tmp_path):
+    proc = run_train(tmp_path, "experiment=book_divergence", "logger=[tensorboard,mlflow]", check=False)
+    assert proc.returncode == 1
+    [run] = run_dirs(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/logs/mlflow.db")
+    [tracked] = client.search_runs([client.get_experiment_by_name("book_divergence").experiment_id])
+    status = json.loads((run / "metrics.json").read_text())["status"]
+    assert (tracked.info.status, tracked.data.tags["status"], status) == ("FAILED", "diverged", "diverged")
+    assert f"diverged at epoch {tracked.data.tags['epochs']} (loss=inf)" in proc.stderr

@@ -14,6 +14,7 @@ loggers (the extras .[mlflow] and .[wandb])."""
 
 import fcntl
 import json
+import logging
 import struct
 import time
 import uuid
@@ -27,6 +28,9 @@ from PIL import Image
 
 from litlab.entry import MADE_FILES
 
+# MLflow's lines as it makes a new SQLite store's tables: the store is ours to make, quietly
+for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+    logging.getLogger(name).setLevel(logging.WARNING)
 SEND_EVERY_S = 2.0  # MLflow's scalars are sent together at most this long after they are logged
 # Our statuses in MLflow's terms (diverged and failed runs: FAILED)
 MLFLOW_STATUS = {"ok": "FINISHED", "pruned": "FINISHED", "debug": "FINISHED", "interrupted": "KILLED"}
