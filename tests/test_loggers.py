@@ -23,7 +23,7 @@ from litlab.loggers import records
 from tests.conftest import ROOT, free_port, run_train
 from tests.test_checkpoints import run_dirs, start_train, wait_for_epoch
 from tests.test_tensorboard_browser import CHROMEDRIVER, CHROMIUM
-from tests.test_train import events
+from tests.test_train import events, hparams_session
 
 mlflow = pytest.importorskip("mlflow", reason="pip install -e '.[mlflow]'")
 SWEEP = (
@@ -290,6 +290,13 @@ def test_a_wandb_run_offline_holds_the_runs_values(tmp_path):
     )
     [run] = run_dirs(tmp_path)
     logged, result = events(run), json.loads((run / "metrics.json").read_text())
+    assert (result["name"], result["tags"]) == ("book", ["lesson"]) and run.name.endswith("_book")
+    hparams = hparams_session(logged)[0]
+    assert (hparams["name"], hparams["tags"], hparams["status"]) == (
+        "book",
+        "['lesson']",
+        "ok",
+    )  # TensorBoard's
     wandb = wandb_files(run)
     assert wandb["ids"] == [OmegaConf.load(run / "config.yaml").logger.wandb.id] and wandb["tags"] == [
         "lesson"
