@@ -79,7 +79,9 @@ def mlflow_server(store: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
     return serve(command, f"{url}/health"), url
 
 
-def check_sweep(uri: str, sweep: Path) -> list:
+def check_sweep(
+    uri: str, sweep: Path, artifacts: tuple[str, ...] = ("config.yaml", "fit.gif", "images")
+) -> list:
     """The sweep as MLflow's client reads it: one experiment, a run per job with the job's params, every
     scalar's last value equal to the job's metrics.json and each scalar at TensorBoard's steps, status
     tags, config.yaml, fit.gif and the fit pictures. Returns the runs."""
@@ -107,7 +109,7 @@ def check_sweep(uri: str, sweep: Path) -> list:
             steps = [(m.step, float32(m.value)) for m in client.get_metric_history(run.info.run_id, key)]
             assert steps == [(e.step, e.value) for e in logged.Scalars(key)], key  # TensorBoard: float32
         files = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.yaml", "fit.gif", "images"} <= files, files
+        assert set(artifacts) <= files, files
         pictures = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
         assert any(p.startswith("images/fit~line+step+30+") and p.endswith(".png") for p in pictures)
     return runs
@@ -181,9 +183,14 @@ def wait(condition, what: str, seconds: float = 30) -> None:
 def test_a_sweep_reaches_an_mlflow_server_backed_by_postgresql(tmp_path, postgres):
     server, url = mlflow_server(postgres, tmp_path / "artifacts")
     try:
-        run_train(tmp_path, *SWEEP, "logger=[tensorboard,mlflow]", f"logger.mlflow.tracking_uri={url}")
+        tracker = (
+            "logger=[tensorboard,mlflow]",
+            f"logger.mlflow.tracking_uri={url}",
+            "logger.mlflow.log_model=true",
+        )
+        run_train(tmp_path, *SWEEP, *tracker)
         [sweep] = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-        check_sweep(url, sweep)
+        check_sweep(url, sweep, ("config.yaml", "fit.gif", "images", "best"))  # best: best.ckpt, log_model
         assert not (tmp_path / "logs" / "mlflow.db").exists()  # a server's store only
     finally:
         stop(server)
