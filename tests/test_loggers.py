@@ -57,28 +57,6 @@ def stop(server: subprocess.Popen) -> None:
     server.wait(timeout=30)
 
 
-def mlflow_server(store: str, artifacts: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        store,
-        "--artifacts-destination",
-        str(artifacts),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    url = f"http://127.0.0.1:{port}"
-    return serve(command, f"{url}/health"), url
-
-
 def check_sweep(
     uri: str, sweep: Path, artifacts: tuple[str, ...] = ("config.yaml", "fit.gif", "images")
 ) -> list:
@@ -181,19 +159,43 @@ def wait(condition, what: str, seconds: float = 30) -> None:
 
 @pytest.mark.slow
 def test_a_sweep_reaches_an_mlflow_server_backed_by_postgresql(tmp_path, postgres):
-    server, url = mlflow_server(postgres, tmp_path / "artifacts")
-    try:
-        tracker = (
-            "logger=[tensorboard,mlflow]",
-            f"logger.mlflow.tracking_uri={url}",
-            "logger.mlflow.log_model=true",
-        )
-        run_train(tmp_path, *SWEEP, *tracker)
-        [sweep] = (tmp_path / "logs" / "train" / "multiruns").iterdir()
-        check_sweep(url, sweep, ("config.yaml", "fit.gif", "images", "best"))  # best: best.ckpt, log_model
-        assert not (tmp_path / "logs" / "mlflow.db").exists()  # a server's store only
-    finally:
-        stop(server)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        postgres,
+        "--artifacts-destination",
+        str(tmp_path / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    tracker = (
+        "logger=[tensorboard,mlflow]",
+        f"logger.mlflow.tracking_uri={url}",
+        "logger.mlflow.log_model=true",
+    )
+    with (
+        ThreadPoolExecutor() as pool
+    ):  # the sweep starts beside the server: MLflow's client retries meanwhile
+        sweeping = pool.submit(run_train, tmp_path, *SWEEP, *tracker)
+        server = serve(command, f"{url}/health")
+        try:
+            sweeping.result()
+            [sweep] = (tmp_path / "logs" / "train" / "multiruns").iterdir()
+            check_sweep(
+                url, sweep, ("config.yaml", "fit.gif", "images", "best")
+            )  # best: best.ckpt (log_model)
+            assert not (tmp_path / "logs" / "mlflow.db").exists()  # the server's store only
+        finally:
+            stop(server)
 
 
 def float32(value: float) -> float:
