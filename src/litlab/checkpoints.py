@@ -418,11 +418,10 @@ class ResumeState(Callback):
             checkpoint[RECORD] = record(trainer.datamodule)
         if self.config is not None:  # what a resume, eval and predict compare config.yaml with
             checkpoint[CONFIG] = self.config
-        for (
-            logger
-        ) in trainer.loggers:  # MLflow holds every step before the checkpoint a resume continues from
+        # MLflow holds every step before the checkpoint a resume continues from (loggers.MLflow.send)
+        for logger in trainer.loggers:
             if hasattr(logger, "send"):
-                logger.send()
+                logger.send(next_too=True)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         restore_metric_states(pl_module, checkpoint.get("metric_states", {}))

@@ -254,13 +254,10 @@ class OptimumGap(L.Callback):
         if found is None:
             return
         self.optimum, how, start = found
-        if (
-            not trainer.is_global_zero or trainer.global_step > 0
-        ):  # a resumed run: its first start logged these
+        if not trainer.is_global_zero or trainer.global_step > 0:  # a resumed run's first start logged these
             return
-        step = (
-            trainer.global_step
-        )  # the gap before the first step; in TensorBoard with the tags' descriptions
+        # the gap before the first step; in TensorBoard with the tags' descriptions
+        step = trainer.global_step
         values = {"train/optimum_loss": self.optimum, "train/gap": gap(start, self.optimum)}
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
