@@ -21,6 +21,7 @@ from litlab.checkpoints import load
 from litlab.errors import ConfigError
 from litlab.loggers import records
 from tests.conftest import ROOT, free_port, run_train
+from tests.signal_at import signal_at
 from tests.test_checkpoints import run_dirs, start_train, wait_for_epoch
 from tests.test_tensorboard_browser import CHROMEDRIVER, CHROMIUM
 from tests.test_train import events, hparams_session
@@ -372,3 +373,31 @@ def test_diverged_jobs_of_a_parallel_sweep_fail_in_one_new_mlflow_store(tmp_path
             "diverged",
         )
         assert result["error"].startswith(f"diverged at epoch {run.data.tags['epochs']} (loss=inf)")
+
+
+@pytest.mark.slow
+def test_sigterm_ends_the_mlflow_run_killed_and_its_resume_finishes_it(tmp_path):
+    """SLURM's SIGTERM: the run stops where it resumes exactly, KILLED in MLflow (status interrupted); the
+    resume continues the same MLflow run to FINISHED, each step once."""
+    args = ("logger=[tensorboard,mlflow]", "trainer.max_epochs=30", "trainer.check_val_every_n_epoch=10")
+    stopped = run_train(tmp_path, *args, *signal_at("SIGTERM", "on_train_epoch_start", 12), check=False)
+    assert stopped.returncode == 1 and stopped.stderr.startswith("error: stopped by SIGTERM after "), (
+        stopped.stderr
+    )
+    epochs = stopped.stderr.split(" after ")[1].split()[0]
+    [run] = run_dirs(tmp_path)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/logs/mlflow.db")
+    [tracked] = client.search_runs([client.get_experiment_by_name("train").experiment_id])
+    status = (tracked.info.status, tracked.data.tags["status"], tracked.data.tags["epochs"])
+    assert status == ("KILLED", "interrupted", epochs) and 0 < int(epochs) < 30
+    run_train(tmp_path, f"resume={run}")
+    resumed = client.get_run(tracked.info.run_id)
+    assert (resumed.info.status, resumed.data.tags["status"], resumed.data.tags["epochs"]) == (
+        "FINISHED",
+        "ok",
+        "30",
+    )
+    logged = events(run)
+    for key in ("train/loss", "val/loss"):
+        steps = [(m.step, float32(m.value)) for m in client.get_metric_history(tracked.info.run_id, key)]
+        assert steps == [(e.step, e.value) for e in logged.Scalars(key)], key
