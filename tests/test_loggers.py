@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from litlab import checks
+from litlab import checks, entry
 from litlab.checkpoints import load
 from litlab.errors import ConfigError
 from litlab.loggers import records
@@ -401,3 +401,32 @@ def test_sigterm_ends_the_mlflow_run_killed_and_its_resume_finishes_it(tmp_path)
     for key in ("train/loss", "val/loss"):
         steps = [(m.step, float32(m.value)) for m in client.get_metric_history(tracked.info.run_id, key)]
         assert steps == [(e.step, e.value) for e in logged.Scalars(key)], key
+
+
+def test_each_logger_says_how_to_view_it(tmp_path, monkeypatch):
+    """The run's closing lines, one per logger: from the project's directory by make, elsewhere by the
+    commands beside this Python; a server by its address."""
+    logs = tmp_path / "logs"
+    loggers = OmegaConf.create(
+        {
+            "tensorboard": {"_target_": "litlab.cockpit.TensorBoard"},
+            "mlflow": {"_target_": "litlab.loggers.MLflow", "tracking_uri": f"sqlite:///{logs}/mlflow.db"},
+            "wandb": {"_target_": "litlab.loggers.Wandb", "offline": True},
+            "csv": {"_target_": "lightning.pytorch.loggers.CSVLogger"},
+        }
+    )
+    monkeypatch.chdir(ROOT)
+    assert entry.viewers(logs, loggers)[:2] == [
+        f"view it: make tensorboard LOGDIR={logs}",
+        f"view it in MLflow: make mlflow LOGDIR={logs}",
+    ]
+    monkeypatch.chdir(tmp_path)
+    bin_dir = Path(sys.executable).parent
+    assert entry.viewers(Path("logs"), loggers) == [
+        f"view it: {bin_dir / 'tensorboard'} --logdir logs",
+        f"view it in MLflow: {bin_dir / 'mlflow'} ui --backend-store-uri sqlite:///{logs}/mlflow.db",
+        f"upload it to W&B: {bin_dir / 'wandb'} sync <run directory>/wandb/offline-run-*",
+        "its scalars: <run directory>/metrics.csv",
+    ]
+    loggers.mlflow.tracking_uri = "http://127.0.0.1:5000"
+    assert entry.viewers(Path("logs"), loggers)[1] == "view it in MLflow: http://127.0.0.1:5000"

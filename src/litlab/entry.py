@@ -168,7 +168,7 @@ def as_typed(path: Path) -> Path:
 def viewers(log_dir: Path, loggers: DictConfig | None) -> list[str]:
     """How to look at the runs under log_dir in each configured logger: TensorBoard and MLflow's UI by make
     from the project's directory, else by the commands installed beside this Python (on PATH only inside
-    its venv); an MLflow server by its address; W&B's offline files by wandb sync."""
+    its venv); an MLflow server by its address; W&B's offline files by wandb sync; the CSV logger's file."""
     log_dir, lines = as_typed(log_dir), []
     here = Path("Makefile").is_file() and Path("train.py").is_file()
     elsewhere = "" if log_dir == Path("logs") else f" LOGDIR={shlex.quote(str(log_dir))}"
@@ -187,6 +187,8 @@ def viewers(log_dir: Path, loggers: DictConfig | None) -> list[str]:
                 lines.append(
                     f"view it in MLflow: {installed('mlflow')} ui --backend-store-uri {shlex.quote(uri)}"
                 )
+        elif target.endswith("CSVLogger"):
+            lines.append("its scalars: <run directory>/metrics.csv")
         elif target.endswith("loggers.Wandb") and node.get("offline", True):
             lines.append(f"upload it to W&B: {installed('wandb')} sync <run directory>/wandb/offline-run-*")
     return lines
