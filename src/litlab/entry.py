@@ -408,11 +408,13 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     deadline, before = time.monotonic() + grace_s, {pid: cpu_ticks(pid) for pid in workers}
-    while time.monotonic() < deadline:
+    # until no worker has used the CPU for a second (two half-second samples in a row: one that records its
+    # run's end on busy cores may go half a second without a tick), at most grace_s
+    idle = 0
+    while time.monotonic() < deadline and idle < 2:
         time.sleep(0.5)
         now = {pid: cpu_ticks(pid) for pid in workers}
-        if all(now[pid] is None or now[pid] == before[pid] for pid in workers):
-            break
+        idle = idle + 1 if all(now[pid] is None or now[pid] == before[pid] for pid in workers) else 0
         before = now
     raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 
