@@ -7,18 +7,30 @@ picture is due."""
 import io
 import logging
 import math
+import os
 import re
+import signal
+import struct
+import sys
+import warnings
+from collections import deque
+from contextlib import suppress
+from multiprocessing import Pipe
+from multiprocessing.connection import Connection
 from pathlib import Path
 from textwrap import indent
 
+import google_crc32c
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+from tensorboard.summary.writer.event_file_writer import _AsyncWriter
 from torch import Tensor, nn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
@@ -48,6 +60,25 @@ class TensorBoard(TensorBoardLogger):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.charted: set[str] = set()
+        self.saved = False  # hparams.yaml written
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> SummaryWriter:
+        """The run's Events writer (Lightning's property makes torch's SummaryWriter)."""
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = Events(log_dir=self.log_dir, **self._kwargs)
+        return self._experiment
+
+    @rank_zero_only
+    def save(self) -> None:
+        """What Lightning does after every log_metrics: the events to disk, and hparams.yaml once (Lightning
+        looks for it on the file system at every call)."""
+        self.experiment.flush()
+        if not self.saved:
+            super().save()
+            self.saved = True
 
     @rank_zero_only
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
@@ -58,8 +89,8 @@ class TensorBoard(TensorBoardLogger):
             self.experiment.add_custom_scalars(layout(self.charted))
 
     @rank_zero_only
-    def log_picture(self, tag: str, image: Image.Image, step: int) -> None:
-        add_picture(self.experiment, tag, image, step)
+    def log_picture(self, tag: str, picture: Image.Image | bytes, step: int) -> None:
+        add_picture(self.experiment, tag, picture, step)
 
     @rank_zero_only
     def log_results(self, hparams: dict, metrics: list[str], first: list[str]) -> None:
@@ -72,6 +103,49 @@ class TensorBoard(TensorBoardLogger):
         experiment.value[0].metadata.plugin_data.content = content.SerializeToString()
         for summary in (experiment, start, end):  # as Lightning's log_hyperparams writes them
             add_summary(self.experiment, summary)
+
+
+class Events(SummaryWriter):
+    """torch's SummaryWriter, writing each event on the caller's thread (Direct). TensorBoard's writer thread
+    took the GIL from the training loop for up to milliseconds after each log (the first tensor operation
+    after one took 1.3 ms instead of 50 us), and Lightning waits for that thread after every log_metrics
+    anyway (save: flush). Writes go to the file's buffer; flush writes it out."""
+
+    def _get_file_writer(self):
+        writer = super()._get_file_writer()
+        queued = writer.event_writer._async_writer
+        if isinstance(queued, _AsyncWriter):  # a new event file: its thread has written the first event
+            queued._worker.stop()
+            writer.event_writer._async_writer = Direct(queued._writer._writer)
+        return writer
+
+
+def masked_crc(data: bytes) -> bytes:
+    """The TFRecord format's masked CRC-32C, by google-crc32c's C code: tensorboard's own is pure Python
+    (3 ms for a 30 KB picture)."""
+    crc = google_crc32c.value(data)
+    return struct.pack("<I", (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
+
+
+class Direct:
+    """An event file's records in TFRecord framing (tensorboard's RecordWriter), each written as it comes
+    (the methods of tensorboard's _AsyncWriter, without its queue and thread)."""
+
+    def __init__(self, file):
+        self.file, self.closed = file, False
+
+    def write(self, record: bytes) -> None:
+        header = struct.pack("<Q", len(record))
+        self.file.write(header + masked_crc(header) + record + masked_crc(record))
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.file.flush()
+            self.file.close()
 
 
 def layout(tags: set[str]) -> dict:
@@ -114,14 +188,25 @@ def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: in
     add_summary(writer, summary, step)  # add_scalar takes no description
 
 
-def add_picture(writer: SummaryWriter, tag: str, image: Image.Image, step: int) -> None:
+def png_bytes(image: Image.Image) -> bytes:
     """An RGB or palette image as a PNG at zlib level 1: a third of the time add_image takes (which
     rescales through float32 and compresses at level 6) for a plot of flat colours, a sixth for a
     palette image."""
     png = io.BytesIO()
     image.save(png, format="PNG", compress_level=1)
-    width, height = image.size
-    picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png.getvalue())
+    return png.getvalue()
+
+
+def as_image(picture: Image.Image | bytes) -> Image.Image:
+    """A picture as loggers take it (an image, or PNG bytes: the fitted line's frames) as an image."""
+    return Image.open(io.BytesIO(picture)) if isinstance(picture, bytes) else picture
+
+
+def add_picture(writer: SummaryWriter, tag: str, picture: Image.Image | bytes, step: int) -> None:
+    """An image (as png_bytes) or PNG bytes as a TensorBoard image."""
+    png = picture if isinstance(picture, bytes) else png_bytes(picture)
+    width, height = as_image(picture).size  # a PNG's size, from its header
+    picture = Summary.Image(height=height, width=width, colorspace=3, encoded_image_string=png)
     add_summary(writer, Summary(value=[Summary.Value(tag=tag, image=picture)]), step)
 
 
@@ -311,7 +396,9 @@ def gap(loss: float, optimum: float) -> float:
 
 def rgb(canvas) -> Image.Image:
     """What an Agg canvas holds now, as an RGB image."""
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    return Image.frombuffer(
+        "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
+    ).convert("RGB")
 
 
 def render(fig) -> Image.Image:
@@ -337,7 +424,12 @@ class LineFrames:
     colours onto the background's palette, which the TensorBoard PNG and the GIF then share."""
 
     def __init__(
-        self, points: dict[str, tuple[Tensor, Tensor]], grid: Tensor, outputs: int, size, xlabel: str
+        self,
+        points: dict[str, tuple[np.ndarray, np.ndarray]],
+        grid: np.ndarray,
+        outputs: int,
+        size,
+        xlabel: str,
     ):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -348,7 +440,7 @@ class LineFrames:
         for split, (x, y) in points.items():
             self.ax.plot(x[:, 0], y, "o", label=split, alpha=0.7)
         # Axes fit the data, not the line: a line far off early in training leaves the frame.
-        self.lines = self.ax.plot(grid[:, 0], torch.zeros(len(grid), outputs), "-k", scaley=False)
+        self.lines = self.ax.plot(grid[:, 0], np.zeros((len(grid), outputs)), "-k", scaley=False)
         self.lines[0].set_label("model")
         self.ax.set(xlabel=xlabel, ylabel="target")
         self.ax.legend(loc="upper left")  # its "model" entry puts the line's black in the palette
@@ -361,7 +453,7 @@ class LineFrames:
         for line in self.lines:
             line.set_visible(True)
 
-    def frame(self, fitted: Tensor, title: str) -> Image.Image:
+    def frame(self, fitted: np.ndarray, title: str) -> Image.Image:
         """A palette picture with the line at fitted [len(grid), outputs]."""
         self.canvas.restore_region(self.background)
         for line, values in zip(self.lines, fitted.T, strict=True):
@@ -370,6 +462,153 @@ class LineFrames:
         self.ax.set_title(title)
         self.ax.draw_artist(self.ax.title)
         return rgb(self.canvas).quantize(palette=self.palette, dither=Image.Dither.NONE)
+
+
+class Drawing:
+    """The fitted line's frames (LineFrames) as PNG bytes, kept for the GIF of them all."""
+
+    def __init__(self, *args):
+        self.lines, self.frames = LineFrames(*args), []
+
+    def frame(self, fitted: np.ndarray, title: str) -> bytes:
+        self.frames.append(self.lines.frame(fitted, title))
+        return png_bytes(self.frames[-1])
+
+    def gif(self, path: Path, frame_ms: int) -> None:
+        save_gif(path, self.frames, frame_ms)
+
+
+def draw_frames(conn: Connection, *args) -> None:
+    """A drawing process's work: Drawing(*args), then for each ("frame", step, fitted, title) received,
+    (step, PNG bytes) sent back, and for ("gif", path, frame_ms) the GIF written and ("gif",) sent back,
+    until the pipe closes."""
+    drawing = Drawing(*args)
+    while True:
+        try:
+            what, *rest = conn.recv()
+        except EOFError:
+            return
+        if what == "gif":
+            drawing.gif(*rest)
+            conn.send(("gif",))
+        else:
+            step, fitted, title = rest
+            conn.send((step, drawing.frame(fitted, title)))
+
+
+class Frames:
+    """The fitted line's frames drawn by a child process on Linux (os.fork: a copy of this one that runs no
+    torch), on another core while training goes on: the book's fit spent ~150 ms of its ~800 ms drawing
+    them in the training process. Frames come back as PNG bytes in the order they were asked for. On other
+    systems, or where the child cannot start, stops answering (WAIT_S) or dies, they are drawn here: the
+    same pictures."""
+
+    WAIT_S = 60.0
+
+    def __init__(self, *args):
+        self.args, self.asked, self.received = args, deque(), []
+        self.conn: Connection | None = None
+        self.pid: int | None = None
+        self.here: Drawing | None = None
+        if sys.platform == "linux":
+            self.fork()
+
+    def fork(self) -> None:
+        ours, theirs = Pipe()
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns of a fork with threads running: the child runs none of their code
+                warnings.simplefilter("ignore", DeprecationWarning)
+                pid = os.fork()
+        except OSError:
+            return
+        if pid == 0:  # the child never returns into the parent's code
+            code = 1
+            try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                ours.close()
+                draw_frames(theirs, *self.args)
+                code = 0
+            finally:
+                os._exit(code)  # no atexit handler, no flush of the parent's buffered files
+        theirs.close()
+        self.conn, self.pid = ours, pid
+
+    def ask(self, step: int, fitted: np.ndarray, title: str) -> None:
+        self.asked.append((step, fitted, title))
+        if self.pid is not None:
+            self.send("frame", step, fitted, title)
+
+    def drawn(self, wait: bool = False) -> list[tuple[int, bytes]]:
+        """(step, PNG) of the frames drawn since the last call, in order; wait: of every one asked for."""
+        frames = []
+        while self.asked:
+            if self.pid is None:
+                step, fitted, title = self.asked[0]
+                frames.append((step, self.drawing().frame(fitted, title)))
+            elif (answer := self.answer(wait)) is not None:
+                frames.append(answer)
+            elif self.pid is None:
+                continue  # the child is gone: this one is drawn here
+            else:
+                break  # not drawn yet
+            self.asked.popleft()
+        self.received += [png for _, png in frames]
+        return frames
+
+    def gif(self, path: Path, frame_ms: int) -> None:
+        """The GIF of every frame (after drawn(wait=True))."""
+        if self.pid is not None:
+            self.send("gif", path, frame_ms)
+            if self.answer(wait=True) is not None:
+                return
+        self.drawing().gif(path, frame_ms)
+
+    def send(self, *message) -> None:
+        try:
+            self.conn.send(message)
+        except OSError:
+            self.stop()
+
+    def answer(self, wait: bool):
+        """The child's next answer, or None: none yet (not waiting), or the child is gone (then stopped)."""
+        if self.pid is None:
+            return None
+        try:
+            if self.conn.poll(self.WAIT_S if wait else 0):
+                return self.conn.recv()
+            if not wait:
+                return None
+        except (EOFError, OSError):
+            pass
+        self.stop()
+        return None
+
+    def drawing(self) -> Drawing:
+        """The frames drawn here, after those the child sent back."""
+        if self.here is None:
+            self.here = Drawing(*self.args)
+            self.here.frames = [Image.open(io.BytesIO(png)) for png in self.received]
+        return self.here
+
+    def stop(self) -> None:
+        """The child ends: its pipe closes, and it is reaped without waiting (a later stop reaps what is
+        left, the end of this process the rest)."""
+        if self.pid is not None:
+            self.conn.close()
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            ENDED.append(self.pid)
+            self.pid = None
+        for pid in list(ENDED):
+            with suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                    continue
+            ENDED.remove(pid)
+
+
+ENDED: list[int] = []  # drawing processes stopped and not reaped yet
 
 
 def regression_pictures(y: Tensor, pred: Tensor, size, max_points: int = 20_000) -> dict[str, Image.Image]:
@@ -470,8 +709,7 @@ class FitPictures(L.Callback):
         self.gif = gif
         self.frame_ms = frame_ms
         self.size = tuple(size)
-        self.frames: list[Image.Image] = []
-        self.line_frames: LineFrames | None = None
+        self.line_frames: Frames | None = None
         self.recorded, self.last_step, self.drawn_step, self.epochs = 0, -1, -1, 0
         self.enabled = True
 
@@ -499,8 +737,24 @@ class FitPictures(L.Callback):
             self.record(trainer, pl_module)
         if self.drawn_step != trainer.global_step:
             self.draw(trainer, pl_module)
-        if self.gif and self.frames and trainer.is_global_zero:
-            save_gif(Path(trainer.default_root_dir) / self.gif, self.frames, self.frame_ms)
+        if self.line_frames is not None:
+            self.log_frames(trainer, self.line_frames.drawn(wait=True))
+            if self.gif:
+                self.line_frames.gif(Path(trainer.default_root_dir) / self.gif, self.frame_ms)
+            self.line_frames.stop()
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """A stopped run keeps the frames it recorded, and its drawing process ends."""
+        if self.line_frames is not None:
+            self.log_frames(trainer, self.line_frames.drawn(wait=True))
+            self.line_frames.stop()
+
+    def log_frames(self, trainer: L.Trainer, frames: list[tuple[int, bytes]]) -> None:
+        for step, png in frames:
+            for logger in picture_loggers(trainer):
+                logger.log_picture("fit/line", png, step)
 
     def one_input_regression(self, pl_module: L.LightningModule) -> bool:
         return pl_module.hparams.task == "regression" and pl_module.hparams.in_features == 1
@@ -515,9 +769,8 @@ class FitPictures(L.Callback):
             for name, param in pl_module.named_parameters():
                 writer.add_histogram(f"params/{name}", param.detach().cpu(), trainer.global_step)
         if self.one_input_regression(pl_module):
-            self.frames.append(self.line_frame(trainer, pl_module))
-            for logger in picture_loggers(trainer):
-                logger.log_picture("fit/line", self.frames[-1], trainer.global_step)
+            self.line_frame(trainer, pl_module)
+            self.log_frames(trainer, self.line_frames.drawn())
         if self.recorded % self.plot_every_n_val == 0:
             self.draw(trainer, pl_module)
 
@@ -532,9 +785,9 @@ class FitPictures(L.Callback):
         return sample(trainer.datamodule, split, self.max_points)
 
     @torch.no_grad()
-    def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Image.Image:
-        """Data points and fitted line in original units where the data says how it normalised its inputs
-        (the normalisation undone), else in the model's."""
+    def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Ask for a frame of the data points and fitted line, in original units where the data says how it
+        normalised its inputs (the normalisation undone), else in the model's."""
         found = normalisation(trainer.datamodule)
         shift, scale = (t.to(pl_module.device) for t in found) if found is not None else (0.0, 1.0)
         if self.line_frames is None:
@@ -542,18 +795,19 @@ class FitPictures(L.Callback):
             for split in ("train", "val", "test"):
                 if (held := self.points(trainer, split)) is not None:
                     x, y = held
-                    points[split] = ((x.to(pl_module.device) * scale + shift).cpu(), y.reshape(len(y), -1))
-            xs = torch.cat([x for x, _ in points.values()])
+                    x = (x.to(pl_module.device) * scale + shift).cpu()
+                    points[split] = (x.float().numpy(), y.reshape(len(y), -1).float().numpy())
+            xs = torch.cat([torch.from_numpy(x) for x, _ in points.values()])
             self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
             units = "original units" if found is not None else "as the model sees it"
             outputs = pl_module.hparams.out_features
-            self.line_frames = LineFrames(points, self.grid, outputs, self.size, f"input ({units})")
+            self.line_frames = Frames(points, self.grid.numpy(), outputs, self.size, f"input ({units})")
         fitted = pl_module(
             trainer.precision_plugin.convert_input((self.grid.to(pl_module.device) - shift) / scale)
         )
         loss = trainer.callback_metrics.get("train/loss", float("nan"))
         title = f"epoch {self.epochs}: train/loss {float(loss):.4g}"
-        return self.line_frames.frame(fitted.float().cpu(), title)
+        self.line_frames.ask(trainer.global_step, fitted.float().cpu().numpy(), title)
 
     @torch.no_grad()
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

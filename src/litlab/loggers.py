@@ -26,6 +26,7 @@ from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
+from litlab.cockpit import as_image
 from litlab.entry import MADE_FILES
 
 # MLflow's lines as it makes a new SQLite store's tables: the store is ours to make, quietly
@@ -126,8 +127,8 @@ class MLflow(MLFlowLogger):
                 return self.experiment, self.run_id  # the experiment another job made
 
     @rank_zero_only
-    def log_picture(self, tag: str, image: Image.Image, step: int) -> None:
-        self.experiment.log_image(self.run_id, image.convert("RGB"), key=tag, step=step)
+    def log_picture(self, tag: str, picture: Image.Image | bytes, step: int) -> None:
+        self.experiment.log_image(self.run_id, as_image(picture).convert("RGB"), key=tag, step=step)
 
     @rank_zero_only
     def end(self, status: str, epochs: int, files: list[Path]) -> None:
@@ -202,11 +203,12 @@ class Wandb(WandbLogger):
         return {"id": run.id}
 
     @rank_zero_only
-    def log_picture(self, tag: str, image: Image.Image, step: int) -> None:
+    def log_picture(self, tag: str, picture: Image.Image | bytes, step: int) -> None:
         import wandb
 
         if step > self.sent:
-            self.experiment.log({tag: wandb.Image(image.convert("RGB")), "trainer/global_step": step})
+            image = wandb.Image(as_image(picture).convert("RGB"))
+            self.experiment.log({tag: image, "trainer/global_step": step})
 
     @rank_zero_only
     def end(self, status: str, epochs: int, files: list[Path]) -> None:

@@ -78,6 +78,10 @@ def shift_and_scale(
     raise ConfigError(f"data.scaling={scaling!r} is not one of none, standardize or a positive factor")
 
 
+# The take of a full batch: the split's tensors themselves, no view made each of thousands of epochs.
+WHOLE = slice(None)
+
+
 class Steps:
     """The minibatches of one fast Lightning step (src/litlab/stepping.py): rows or slices of the split,
     gathered one at a time as they are stepped through, never all at once. Not a collections Sequence, so
@@ -93,10 +97,11 @@ class Steps:
         if isinstance(i, slice):
             return Steps(self.x, self.y, self.takes[i])
         take = self.takes[i]
-        return self.x[take], self.y[take]
+        return (self.x, self.y) if take is WHOLE else (self.x[take], self.y[take])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return (self[i] for i in range(len(self.takes)))
+        x, y = self.x, self.y
+        return ((x, y) if take is WHOLE else (x[take], y[take]) for take in self.takes)
 
 
 class TensorBatches:
@@ -150,11 +155,15 @@ class TensorBatches:
     def takes(self, epoch: int) -> list[Tensor | slice]:
         """Which rows each minibatch of this data epoch holds, in the order they are visited."""
         n, size = self.num_batches(), self.batch_size
+        if n == 1:
+            return [WHOLE]
+        if not self.shuffle:
+            return [slice(i * size, (i + 1) * size) for i in range(n)]
         generator = torch.Generator().manual_seed(hash((self.seed, epoch)))
-        if self.shuffle == "rows" and n > 1:
+        if self.shuffle == "rows":
             rows = torch.randperm(len(self.x), generator=generator).to(self.x.device)
             return list(rows.split(size))
-        order = torch.randperm(n, generator=generator).tolist() if self.shuffle and n > 1 else range(n)
+        order = torch.randperm(n, generator=generator).tolist()
         return [slice(i * size, (i + 1) * size) for i in order]
 
     def state_dict(self) -> dict:
