@@ -66,7 +66,7 @@ class FastSteps(Callback):
     """The fast-stepping mechanism: plans the Trainer's schedule, runs a Lightning step's optimizer steps,
     and keeps its step length in every checkpoint (a resume must keep it)."""
 
-    def __init__(self, epochs: int = 250, batches: int = 128, log_every_n_epochs: int = 50):
+    def __init__(self, epochs: int = 250, batches: int = 256, log_every_n_epochs: int = 50):
         super().__init__()
         self.epochs, self.batches, self.log_every_n_epochs = epochs, batches, log_every_n_epochs
         # plan() sets these: optimizer steps per data epoch; data epochs per Lightning step (0: a Lightning
@@ -153,9 +153,11 @@ class FastSteps(Callback):
                 module.clip_gradients(optimizer, *self.clip)
             optimizer.step()
             losses.append(loss.detach())
-            sizes.append(len(x))
+            sizes.append(x.shape[0])  # len(x) is Python: 2 us more, 2% of a book epoch
             if schedulers:
-                self.step_schedulers(schedulers, loss.detach(), len(x), epoch_end=(start + i + 1) % nb == 0)
+                self.step_schedulers(
+                    schedulers, loss.detach(), sizes[-1], epoch_end=(start + i + 1) % nb == 0
+                )
         losses = torch.stack(losses)
         credit_optimizer_steps(trainer, n)
         rows = losses.new_tensor(sizes)
