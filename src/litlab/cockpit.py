@@ -669,10 +669,11 @@ def binary_pictures(y: Tensor, prob: Tensor, size) -> dict[str, Image.Image]:
 
 
 def save_gif(path: Path, frames: list[Image.Image], frame_ms: int) -> None:
-    """An animated GIF that loops, of palette frames. One shared palette: 16 ms for eleven 640x480
-    frames, against 0.12 s with a palette per frame and 0.55 s through imageio's quantizer."""
+    """An animated GIF that loops, of palette frames. One shared palette and no optimize pass: 8 ms for
+    eleven 640x480 frames (the same pixels as with Pillow's optimize, a quarter larger), against 17 ms
+    with it, 0.12 s with a palette per frame and 0.55 s through imageio's quantizer."""
     first, *rest = frames
-    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0)
+    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0, optimize=False)
 
 
 class FitPictures(L.Callback):
