@@ -231,3 +231,23 @@ def test_event_files_are_written_without_a_thread_and_read_back(tmp_path):
     assert image_sizes(acc, "fit/picture") == [(3, 64, 48)] and image_sizes(acc, "fit/png") == [(4, 64, 48)]
     record = b"some event"
     assert masked_crc(record) == struct.pack("<I", tensorboard_crc(record))
+
+
+def test_the_drawing_process_ignores_the_parents_signal_handlers_and_ends_on_sigterm(tmp_path):
+    args, asked = frame_inputs(3)
+    called = tmp_path / "handler ran"
+    previous = signal.signal(signal.SIGUSR1, lambda *_: called.touch())  # as Lightning's SLURM requeue
+    try:
+        frames = Frames(*args)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    child = frames.pid
+    for number in (signal.SIGUSR1, signal.SIGINT):  # SLURM's --signal, a Ctrl-C: the parent's to handle
+        os.kill(child, number)
+    frames.ask(*asked[0])
+    assert [step for step, _ in frames.drawn(wait=True)] == [1] and frames.pid == child
+    os.kill(child, signal.SIGTERM)  # the child ends; what is asked for then is drawn here
+    frames.ask(*asked[1])
+    frames.ask(*asked[2])
+    assert [step for step, _ in frames.drawn(wait=True)] == [2, 3] and frames.pid is None
+    assert not called.exists()

@@ -525,7 +525,11 @@ class Frames:
         if pid == 0:  # the child never returns into the parent's code
             code = 1
             try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+                # The parent's handlers are its own (Ctrl-C, Lightning's SIGUSR1 requeue under SLURM,
+                # SafeStop's SIGTERM): ignored here; SIGTERM ends the child (the parent draws what is left).
+                for number in signal.valid_signals():
+                    if callable(signal.getsignal(number)):
+                        signal.signal(number, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 ours.close()
                 draw_frames(theirs, *self.args)
