@@ -111,17 +111,22 @@ def spread(template: list[float], plain: list[float]) -> tuple[float, float]:
 
 
 class EpochClock(Callback):
-    """A callback that times each Lightning epoch (the bench adds it through the config); under fast stepping
-    on small data one holds several data epochs, which epoch_seconds divides out."""
+    """A callback that times each Lightning epoch (the bench adds it through the config), per data epoch:
+    under fast stepping on small data one holds several data epochs, and the last one of a run may hold
+    fewer than the others."""
 
     fast_steps_aware = True
-    seconds: list[float] = []
+    seconds: list[float] = []  # each Lightning epoch's seconds per data epoch
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self.start = time.perf_counter()
+        self.start, self.steps = time.perf_counter(), trainer.global_step
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        EpochClock.seconds.append(time.perf_counter() - self.start)
+        from litlab.stepping import stepper
+
+        fast = stepper(trainer)  # under stepping=lightning a Lightning epoch is one data epoch
+        data_epochs = (trainer.global_step - self.steps) / fast.nb if fast is not None else 1
+        EpochClock.seconds.append((time.perf_counter() - self.start) / data_epochs)
 
 
 def rss_mb() -> float:
@@ -153,16 +158,10 @@ def big_template(n: int, epochs: int, shuffle: str) -> dict:
         )
         train(cfg)
     return {
-        "seconds": epoch_seconds(EpochClock.seconds, epochs),
+        "seconds": statistics.median(EpochClock.seconds),
         "peak_rss_mb": rss_mb(),
         "base_rss_mb": base,
     }
-
-
-def epoch_seconds(lightning_epochs: list[float], epochs: int) -> float:
-    """The median data epoch: a Lightning epoch may hold several (fast stepping on small data)."""
-    per = epochs // len(lightning_epochs)
-    return statistics.median(lightning_epochs) / per
 
 
 def big_plain(n: int, epochs: int, shuffle: str) -> dict:

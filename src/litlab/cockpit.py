@@ -515,27 +515,31 @@ class Frames:
 
     def fork(self) -> None:
         ours, theirs = Pipe()
+        # Signals wait until the child has set its own handlers: the parent's are the parent's (Ctrl-C,
+        # Lightning's SIGUSR1 requeue under SLURM, SafeStop's SIGTERM).
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         try:
             with warnings.catch_warnings():
                 # Python 3.12+ warns of a fork with threads running: the child runs none of their code
                 warnings.simplefilter("ignore", DeprecationWarning)
                 pid = os.fork()
         except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             return
         if pid == 0:  # the child never returns into the parent's code
             code = 1
             try:
-                # The parent's handlers are its own (Ctrl-C, Lightning's SIGUSR1 requeue under SLURM,
-                # SafeStop's SIGTERM): ignored here; SIGTERM ends the child (the parent draws what is left).
-                for number in signal.valid_signals():
+                for number in signal.valid_signals():  # ignored here; SIGTERM ends the child
                     if callable(signal.getsignal(number)):
                         signal.signal(number, signal.SIG_IGN)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 ours.close()
                 draw_frames(theirs, *self.args)
                 code = 0
             finally:
                 os._exit(code)  # no atexit handler, no flush of the parent's buffered files
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
         self.conn, self.pid = ours, pid
 
