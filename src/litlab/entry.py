@@ -165,6 +165,11 @@ def as_typed(path: Path) -> Path:
     return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of an MLflow store at sqlite:///<path>; None for a server's address."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def viewers(log_dir: Path, loggers: DictConfig | None) -> list[str]:
     """How to look at the runs under log_dir in each configured logger: TensorBoard and MLflow's UI by make
     from the project's directory, else by the commands installed beside this Python (on PATH only inside
@@ -179,9 +184,9 @@ def viewers(log_dir: Path, loggers: DictConfig | None) -> list[str]:
             lines.append(f"view it: {f'make tensorboard{elsewhere}' if here else command}")
         elif target.endswith("loggers.MLflow"):
             uri = str(node.tracking_uri)
-            if not uri.startswith("sqlite:///"):
+            if (db := sqlite_file(uri)) is None:
                 lines.append(f"view it in MLflow: {uri}")
-            elif Path(uri.removeprefix("sqlite:///")) == (log_dir / "mlflow.db").absolute() and here:
+            elif db == (log_dir / "mlflow.db").absolute() and here:
                 lines.append(f"view it in MLflow: make mlflow{elsewhere}")
             else:
                 lines.append(

@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
 from litlab.cockpit import as_image
-from litlab.entry import MADE_FILES
+from litlab.entry import MADE_FILES, sqlite_file
 
 # MLflow's lines as it makes a new SQLite store's tables: the store is ours to make, quietly
 for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
@@ -52,8 +52,7 @@ class MLflow(MLFlowLogger):
         log_model: bool | str = False,
         artifact_location: str | None = None,
     ):
-        if tracking_uri.startswith("sqlite:///"):
-            db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if (db := sqlite_file(tracking_uri)) is not None:
             MADE_FILES.extend(p for p in (db, Path(f"{db}.lock")) if not p.exists())  # a refusal removes them
             artifact_location = artifact_location or (db.parent / "mlartifacts").as_uri()
         with one_at_a_time(tracking_uri):  # MlflowClient makes a new SQLite store's tables
@@ -225,10 +224,9 @@ def one_at_a_time(tracking_uri: str) -> Iterator[None]:
     """Held while a SQLite store may be made or an experiment created: an flock on <db>.lock, which the
     jobs of a sweep that start at once take in turn (MLflow makes the tables of a new store with no lock of
     its own: 'table experiments already exists'). A server serialises its clients itself."""
-    if not tracking_uri.startswith("sqlite:///"):
+    if (db := sqlite_file(tracking_uri)) is None:
         yield
         return
-    db = Path(tracking_uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{db}.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
