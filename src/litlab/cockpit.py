@@ -67,7 +67,8 @@ class TensorBoard(TensorBoardLogger):
     def experiment(self) -> SummaryWriter:
         """The run's Events writer (Lightning's property makes torch's SummaryWriter)."""
         if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
+            if self.root_dir:
+                self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = Events(log_dir=self.log_dir, **self._kwargs)
         return self._experiment
 
@@ -552,15 +553,12 @@ class Frames:
         """(step, PNG) of the frames drawn since the last call, in order; wait: of every one asked for."""
         frames = []
         while self.asked:
-            if self.pid is None:
-                step, fitted, title = self.asked[0]
-                frames.append((step, self.drawing().frame(fitted, title)))
-            elif (answer := self.answer(wait)) is not None:
-                frames.append(answer)
-            elif self.pid is None:
-                continue  # the child is gone: this one is drawn here
-            else:
-                break  # not drawn yet
+            if (answer := self.answer(wait)) is None:
+                if self.pid is not None:
+                    break  # not drawn yet
+                step, fitted, title = self.asked[0]  # no child (any more): drawn here
+                answer = step, self.drawing().frame(fitted, title)
+            frames.append(answer)
             self.asked.popleft()
         self.received += [png for _, png in frames]
         return frames
@@ -746,19 +744,22 @@ class FitPictures(L.Callback):
             self.record(trainer, pl_module)
         if self.drawn_step != trainer.global_step:
             self.draw(trainer, pl_module)
-        if self.line_frames is not None:
-            self.log_frames(trainer, self.line_frames.drawn(wait=True))
-            if self.gif:
-                self.line_frames.gif(Path(trainer.default_root_dir) / self.gif, self.frame_ms)
-            self.line_frames.stop()
+        self.end_frames(trainer, Path(trainer.default_root_dir) / self.gif if self.gif else None)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         """A stopped run keeps the frames it recorded, and its drawing process ends."""
-        if self.line_frames is not None:
-            self.log_frames(trainer, self.line_frames.drawn(wait=True))
-            self.line_frames.stop()
+        self.end_frames(trainer, gif=None)
+
+    def end_frames(self, trainer: L.Trainer, gif: Path | None) -> None:
+        """Log every frame recorded, write the GIF of them (gif: its path), and end the drawing process."""
+        if self.line_frames is None:
+            return
+        self.log_frames(trainer, self.line_frames.drawn(wait=True))
+        if gif is not None:
+            self.line_frames.gif(gif, self.frame_ms)
+        self.line_frames.stop()
 
     def log_frames(self, trainer: L.Trainer, frames: list[tuple[int, bytes]]) -> None:
         for step, png in frames:
@@ -806,7 +807,7 @@ class FitPictures(L.Callback):
                     x, y = held
                     x = (x.to(pl_module.device) * scale + shift).cpu()
                     points[split] = (x.float().numpy(), y.reshape(len(y), -1).float().numpy())
-            xs = torch.cat([torch.from_numpy(x) for x, _ in points.values()])
+            xs = np.concatenate([x for x, _ in points.values()])
             self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
             units = "original units" if found is not None else "as the model sees it"
             outputs = pl_module.hparams.out_features

@@ -96,12 +96,13 @@ class Steps:
     def __getitem__(self, i):
         if isinstance(i, slice):
             return Steps(self.x, self.y, self.takes[i])
-        take = self.takes[i]
-        return (self.x, self.y) if take is WHOLE else (self.x[take], self.y[take])
+        return self.minibatch(self.takes[i])
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        x, y = self.x, self.y
-        return ((x, y) if take is WHOLE else (x[take], y[take]) for take in self.takes)
+        return map(self.minibatch, self.takes)
+
+    def minibatch(self, take: Tensor | slice) -> tuple[Tensor, Tensor]:
+        return (self.x, self.y) if take is WHOLE else (self.x[take], self.y[take])
 
 
 class TensorBatches:
