@@ -2,11 +2,8 @@
 
 import io
 import json
-import os
-import signal
 import struct
 import threading
-import time
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -19,19 +16,9 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as tensorboard_crc
 from torch import nn
 
-from litlab.cockpit import (
-    ENDED,
-    Drawing,
-    Events,
-    Frames,
-    NormalEquations,
-    add_picture,
-    calibration,
-    lbfgs_optimum,
-    masked_crc,
-    png_bytes,
-)
+from litlab.cockpit import Events, NormalEquations, add_picture, calibration, lbfgs_optimum, masked_crc
 from litlab.data.regression import POINTS30_Y, generate
+from litlab.drawing import png_bytes
 from litlab.train import train
 from tests.conftest import compose_train
 
@@ -156,65 +143,6 @@ def test_fused_steps_log_the_train_loss_every_50_epochs_as_unfused_steps_do(tmp_
     assert [e.value for e in fused] == [by_step[e.step] for e in fused]
 
 
-def frame_inputs(frames: int = 4) -> tuple[tuple, list[tuple[int, np.ndarray, str]]]:
-    """Frames' arguments (the book's points, a grid) and what each frame asks for."""
-    x = np.linspace(20.0, 80.0, 11, dtype=np.float32)[:, None]
-    grid = np.linspace(20.0, 80.0, 100, dtype=np.float32)[:, None]
-    args = ({"train": (x, 0.5 * x - 17)}, grid, 1, (320, 240), "input")
-    return args, [(step, (0.1 * step) * grid - 17, f"epoch {step}") for step in range(1, frames + 1)]
-
-
-def test_frames_drawn_by_the_forked_process_are_those_drawn_here_and_it_ends(tmp_path):
-    args, asked = frame_inputs()
-    here = Drawing(*args)
-    expected = [here.frame(fitted, title) for _, fitted, title in asked]
-    here.gif(tmp_path / "here.gif", 200)
-    log = (tmp_path / "log.txt").open("w")
-    log.write("written once\n")  # buffered in this process as it forks: the child must not flush it again
-    frames = Frames(*args)
-    assert frames.pid is not None  # Linux: the forked drawing process
-    child = frames.pid
-    for ask in asked[:2]:
-        frames.ask(*ask)
-    drawn = frames.drawn(wait=True)
-    for ask in asked[2:]:
-        frames.ask(*ask)
-    drawn += frames.drawn(wait=True)
-    assert drawn == [(step, png) for (step, _, _), png in zip(asked, expected, strict=True)]
-    frames.gif(tmp_path / "child.gif", 200)
-    frames.stop()
-    log.close()
-    assert (tmp_path / "child.gif").read_bytes() == (tmp_path / "here.gif").read_bytes()
-    assert (tmp_path / "log.txt").read_text() == "written once\n"
-    for _ in range(100):  # reaped by the next stop, or gone
-        Frames.stop(frames)
-        if child not in ENDED:
-            break
-        time.sleep(0.05)
-    assert child not in ENDED and not Path(f"/proc/{child}").exists()
-
-
-def test_frames_of_a_drawing_process_that_dies_are_drawn_here_and_the_gif_has_them_all(tmp_path):
-    args, asked = frame_inputs(5)
-    here = Drawing(*args)
-    expected = [here.frame(fitted, title) for _, fitted, title in asked]
-    here.gif(tmp_path / "here.gif", 200)
-    frames = Frames(*args)
-    frames.ask(*asked[0])
-    first = frames.drawn(wait=True)
-    os.kill(frames.pid, signal.SIGKILL)  # killed (out of memory, say) with two frames asked for
-    frames.ask(*asked[1])
-    frames.ask(*asked[2])
-    rest = frames.drawn(wait=True)
-    assert frames.pid is None  # drawn here from now on
-    frames.ask(*asked[3])
-    frames.ask(*asked[4])
-    rest += frames.drawn()
-    assert [png for _, png in first + rest] == expected
-    frames.gif(tmp_path / "fallback.gif", 200)
-    assert (tmp_path / "fallback.gif").read_bytes() == (tmp_path / "here.gif").read_bytes()
-
-
 def test_event_files_are_written_without_a_thread_and_read_back(tmp_path):
     writer = Events(log_dir=str(tmp_path))
     assert not [t for t in threading.enumerate() if "AsyncWriter" in type(t).__name__]
@@ -231,23 +159,3 @@ def test_event_files_are_written_without_a_thread_and_read_back(tmp_path):
     assert image_sizes(acc, "fit/picture") == [(3, 64, 48)] and image_sizes(acc, "fit/png") == [(4, 64, 48)]
     record = b"some event"
     assert masked_crc(record) == struct.pack("<I", tensorboard_crc(record))
-
-
-def test_the_drawing_process_ignores_the_parents_signal_handlers_and_ends_on_sigterm(tmp_path):
-    args, asked = frame_inputs(3)
-    called = tmp_path / "handler ran"
-    previous = signal.signal(signal.SIGUSR1, lambda *_: called.touch())  # as Lightning's SLURM requeue
-    try:
-        frames = Frames(*args)
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
-    child = frames.pid
-    for number in (signal.SIGUSR1, signal.SIGINT):  # SLURM's --signal, a Ctrl-C: the parent's to handle
-        os.kill(child, number)
-    frames.ask(*asked[0])
-    assert [step for step, _ in frames.drawn(wait=True)] == [1] and frames.pid == child
-    os.kill(child, signal.SIGTERM)  # the child ends; what is asked for then is drawn here
-    frames.ask(*asked[1])
-    frames.ask(*asked[2])
-    assert [step for step, _ in frames.drawn(wait=True)] == [2, 3] and frames.pid is None
-    assert not called.exists()

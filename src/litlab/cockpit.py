@@ -1,22 +1,12 @@
 """TensorBoard as the cockpit: a logger laid out for the answer, distance to the optimum, pictures of the fit,
-the run's config as text.
-
-Matplotlib is imported inside the hooks that draw, so `python train.py` only pays for it when a
-picture is due."""
+the run's config as text. The pictures are drawn by src/litlab/drawing.py.
+"""
 
 import io
 import logging
 import math
-import os
 import re
-import signal
 import struct
-import sys
-import warnings
-from collections import deque
-from contextlib import suppress
-from multiprocessing import Pipe
-from multiprocessing.connection import Connection
 from pathlib import Path
 from textwrap import indent
 
@@ -37,6 +27,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from litlab.checks import TASKS
 from litlab.data.contract import batches, has_split, normalisation, provides, sample, whole_splits
+from litlab.drawing import Frames, new_figure, png_bytes, render
 from litlab.errors import ConfigError
 from litlab.models.task import Model, predictions_of
 from litlab.stepping import data_epoch, last_epoch, max_data_epochs, metrics_due
@@ -187,15 +178,6 @@ def add_described_scalar(writer: SummaryWriter, tag: str, value: float, step: in
     )
     summary = Summary(value=[Summary.Value(tag=tag, simple_value=value, metadata=meta)])
     add_summary(writer, summary, step)  # add_scalar takes no description
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    """An RGB or palette image as a PNG at zlib level 1: a third of the time add_image takes (which
-    rescales through float32 and compresses at level 6) for a plot of flat colours, a sixth for a
-    palette image."""
-    png = io.BytesIO()
-    image.save(png, format="PNG", compress_level=1)
-    return png.getvalue()
 
 
 def as_image(picture: Image.Image | bytes) -> Image.Image:
@@ -395,228 +377,6 @@ def gap(loss: float, optimum: float) -> float:
     return 0.0 if distance <= 8 * torch.finfo(torch.float32).eps * abs(loss) else distance
 
 
-def rgb(canvas) -> Image.Image:
-    """What an Agg canvas holds now, as an RGB image."""
-    return Image.frombuffer(
-        "RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw", "RGBA", 0, 1
-    ).convert("RGB")
-
-
-def render(fig) -> Image.Image:
-    """A matplotlib Figure drawn by Agg as an RGB image (no pyplot, no GUI)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    return rgb(canvas)
-
-
-def new_figure(size: tuple[int, int], ncols: int = 1, layout: str | None = "constrained"):
-    """(figure, axes) of exactly size = (width, height) pixels."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] / 100, size[1] / 100), dpi=100, layout=layout)
-    return fig, fig.subplots(1, ncols)
-
-
-class LineFrames:
-    """The book's temperature plot, data points and fitted line in original units, drawn once: each
-    frame pastes that background and draws only the line and the title (Agg blitting), then maps its
-    colours onto the background's palette, which the TensorBoard PNG and the GIF then share."""
-
-    def __init__(
-        self,
-        points: dict[str, tuple[np.ndarray, np.ndarray]],
-        grid: np.ndarray,
-        outputs: int,
-        size,
-        xlabel: str,
-    ):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-        # Fixed margins in pixels: constrained layout would double the time of the one full draw.
-        fig, self.ax = new_figure(size, layout=None)
-        w, h = size
-        fig.subplots_adjust(left=70 / w, right=1 - 15 / w, bottom=50 / h, top=1 - 35 / h)
-        for split, (x, y) in points.items():
-            self.ax.plot(x[:, 0], y, "o", label=split, alpha=0.7)
-        # Axes fit the data, not the line: a line far off early in training leaves the frame.
-        self.lines = self.ax.plot(grid[:, 0], np.zeros((len(grid), outputs)), "-k", scaley=False)
-        self.lines[0].set_label("model")
-        self.ax.set(xlabel=xlabel, ylabel="target")
-        self.ax.legend(loc="upper left")  # its "model" entry puts the line's black in the palette
-        for line in self.lines:
-            line.set_visible(False)
-        self.canvas = FigureCanvasAgg(fig)
-        self.canvas.draw()  # the one full draw
-        self.background = self.canvas.copy_from_bbox(fig.bbox)
-        self.palette = rgb(self.canvas).quantize(method=Image.Quantize.FASTOCTREE)
-        for line in self.lines:
-            line.set_visible(True)
-
-    def frame(self, fitted: np.ndarray, title: str) -> Image.Image:
-        """A palette picture with the line at fitted [len(grid), outputs]."""
-        self.canvas.restore_region(self.background)
-        for line, values in zip(self.lines, fitted.T, strict=True):
-            line.set_ydata(values)
-            self.ax.draw_artist(line)
-        self.ax.set_title(title)
-        self.ax.draw_artist(self.ax.title)
-        return rgb(self.canvas).quantize(palette=self.palette, dither=Image.Dither.NONE)
-
-
-class Drawing:
-    """The fitted line's frames (LineFrames) as PNG bytes, kept for the GIF of them all."""
-
-    def __init__(self, *args):
-        self.lines, self.frames = LineFrames(*args), []
-
-    def frame(self, fitted: np.ndarray, title: str) -> bytes:
-        self.frames.append(self.lines.frame(fitted, title))
-        return png_bytes(self.frames[-1])
-
-    def gif(self, path: Path, frame_ms: int) -> None:
-        save_gif(path, self.frames, frame_ms)
-
-
-def draw_frames(conn: Connection, *args) -> None:
-    """A drawing process's work: Drawing(*args), then for each ("frame", step, fitted, title) received,
-    (step, PNG bytes) sent back, and for ("gif", path, frame_ms) the GIF written and ("gif",) sent back,
-    until the pipe closes."""
-    drawing = Drawing(*args)
-    while True:
-        try:
-            what, *rest = conn.recv()
-        except EOFError:
-            return
-        if what == "gif":
-            drawing.gif(*rest)
-            conn.send(("gif",))
-        else:
-            step, fitted, title = rest
-            conn.send((step, drawing.frame(fitted, title)))
-
-
-class Frames:
-    """The fitted line's frames drawn by a child process on Linux (os.fork: a copy of this one that runs no
-    torch), on another core while training goes on: the book's fit spent ~150 ms of its ~800 ms drawing
-    them in the training process. Frames come back as PNG bytes in the order they were asked for. On other
-    systems, or where the child cannot start, stops answering (WAIT_S) or dies, they are drawn here: the
-    same pictures."""
-
-    WAIT_S = 60.0
-
-    def __init__(self, *args):
-        self.args, self.asked, self.received = args, deque(), []
-        self.conn: Connection | None = None
-        self.pid: int | None = None
-        self.here: Drawing | None = None
-        if sys.platform == "linux":
-            self.fork()
-
-    def fork(self) -> None:
-        ours, theirs = Pipe()
-        # Signals wait until the child has set its own handlers: the parent's are the parent's (Ctrl-C,
-        # Lightning's SIGUSR1 requeue under SLURM, SafeStop's SIGTERM).
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            with warnings.catch_warnings():
-                # Python 3.12+ warns of a fork with threads running: the child runs none of their code
-                warnings.simplefilter("ignore", DeprecationWarning)
-                pid = os.fork()
-        except OSError:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            return
-        if pid == 0:  # the child never returns into the parent's code
-            code = 1
-            try:
-                for number in signal.valid_signals():  # ignored here; SIGTERM ends the child
-                    if callable(signal.getsignal(number)):
-                        signal.signal(number, signal.SIG_IGN)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                ours.close()
-                draw_frames(theirs, *self.args)
-                code = 0
-            finally:
-                os._exit(code)  # no atexit handler, no flush of the parent's buffered files
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        theirs.close()
-        self.conn, self.pid = ours, pid
-
-    def ask(self, step: int, fitted: np.ndarray, title: str) -> None:
-        self.asked.append((step, fitted, title))
-        if self.pid is not None:
-            self.send("frame", step, fitted, title)
-
-    def drawn(self, wait: bool = False) -> list[tuple[int, bytes]]:
-        """(step, PNG) of the frames drawn since the last call, in order; wait: of every one asked for."""
-        frames = []
-        while self.asked:
-            if (answer := self.answer(wait)) is None:
-                if self.pid is not None:
-                    break  # not drawn yet
-                step, fitted, title = self.asked[0]  # no child (any more): drawn here
-                answer = step, self.drawing().frame(fitted, title)
-            frames.append(answer)
-            self.asked.popleft()
-        self.received += [png for _, png in frames]
-        return frames
-
-    def gif(self, path: Path, frame_ms: int) -> None:
-        """The GIF of every frame (after drawn(wait=True))."""
-        if self.pid is not None:
-            self.send("gif", path, frame_ms)
-            if self.answer(wait=True) is not None:
-                return
-        self.drawing().gif(path, frame_ms)
-
-    def send(self, *message) -> None:
-        try:
-            self.conn.send(message)
-        except OSError:
-            self.stop()
-
-    def answer(self, wait: bool):
-        """The child's next answer, or None: none yet (not waiting), or the child is gone (then stopped)."""
-        if self.pid is None:
-            return None
-        try:
-            if self.conn.poll(self.WAIT_S if wait else 0):
-                return self.conn.recv()
-            if not wait:
-                return None
-        except (EOFError, OSError):
-            pass
-        self.stop()
-        return None
-
-    def drawing(self) -> Drawing:
-        """The frames drawn here, after those the child sent back."""
-        if self.here is None:
-            self.here = Drawing(*self.args)
-            self.here.frames = [Image.open(io.BytesIO(png)) for png in self.received]
-        return self.here
-
-    def stop(self) -> None:
-        """The child ends: its pipe closes, and it is reaped without waiting (a later stop reaps what is
-        left, the end of this process the rest)."""
-        if self.pid is not None:
-            self.conn.close()
-            with suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            ENDED.append(self.pid)
-            self.pid = None
-        for pid in list(ENDED):
-            with suppress(ChildProcessError):
-                if os.waitpid(pid, os.WNOHANG)[0] == 0:
-                    continue
-            ENDED.remove(pid)
-
-
-ENDED: list[int] = []  # drawing processes stopped and not reaped yet
-
-
 def regression_pictures(y: Tensor, pred: Tensor, size, max_points: int = 20_000) -> dict[str, Image.Image]:
     """Predicted vs actual (a seeded sample of max_points values: 2M dots took 2 s to draw), and the
     histogram of every residual."""
@@ -674,14 +434,6 @@ def binary_pictures(y: Tensor, prob: Tensor, size) -> dict[str, Image.Image]:
     return {"roc": roc, "calibration": render(fig)}
 
 
-def save_gif(path: Path, frames: list[Image.Image], frame_ms: int) -> None:
-    """An animated GIF that loops, of palette frames. One shared palette and no optimize pass: 8 ms for
-    eleven 640x480 frames (the same pixels as with Pillow's optimize, a quarter larger), against 17 ms
-    with it, 0.12 s with a palette per frame and 0.55 s through imageio's quantizer."""
-    first, *rest = frames
-    first.save(path, save_all=True, append_images=rest, duration=frame_ms, loop=0, optimize=False)
-
-
 class FitPictures(L.Callback):
     """Pictures of what the model learned, as TensorBoard images at the step of trainer.global_step.
 
@@ -716,7 +468,8 @@ class FitPictures(L.Callback):
         self.gif = gif
         self.frame_ms = frame_ms
         self.size = tuple(size)
-        self.line_frames: Frames | None = None
+        self.line_frames: Frames | None = None  # one-input regression: the drawing process (rank zero)
+        self.line_inputs: Tensor | None = None
         self.recorded, self.last_step, self.drawn_step, self.epochs = 0, -1, -1, 0
         self.enabled = True
 
@@ -727,6 +480,8 @@ class FitPictures(L.Callback):
         # Each record costs tens of ms of drawing: spread at most max_records over a long run.
         total = max_data_epochs(trainer)
         self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
+        if self.enabled and trainer.is_global_zero and self.one_input_regression(pl_module):
+            self.start_frames(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -744,22 +499,26 @@ class FitPictures(L.Callback):
             self.record(trainer, pl_module)
         if self.drawn_step != trainer.global_step:
             self.draw(trainer, pl_module)
-        self.end_frames(trainer, Path(trainer.default_root_dir) / self.gif if self.gif else None)
+        if self.line_frames is not None and self.gif:
+            self.line_frames.ask_gif(Path(trainer.default_root_dir) / self.gif, self.frame_ms)
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """The last frames and the GIF, drawn while the other callbacks ended training (the last
+        checkpoint), logged before the loggers close."""
+        self.end_frames(trainer)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         """A stopped run keeps the frames it recorded, and its drawing process ends."""
-        self.end_frames(trainer, gif=None)
+        self.end_frames(trainer)
 
-    def end_frames(self, trainer: L.Trainer, gif: Path | None) -> None:
-        """Log every frame recorded, write the GIF of them (gif: its path), and end the drawing process."""
-        if self.line_frames is None:
-            return
-        self.log_frames(trainer, self.line_frames.drawn(wait=True))
-        if gif is not None:
-            self.line_frames.gif(gif, self.frame_ms)
-        self.line_frames.stop()
+    def end_frames(self, trainer: L.Trainer) -> None:
+        """Log every frame not logged yet, with the GIF written where on_train_end asked for it, and end the
+        drawing process."""
+        if self.line_frames is not None:
+            self.log_frames(trainer, self.line_frames.end())
+            self.line_frames = None
 
     def log_frames(self, trainer: L.Trainer, frames: list[tuple[int, bytes]]) -> None:
         for step, png in frames:
@@ -778,7 +537,7 @@ class FitPictures(L.Callback):
         if writer is not None:
             for name, param in pl_module.named_parameters():
                 writer.add_histogram(f"params/{name}", param.detach().cpu(), trainer.global_step)
-        if self.one_input_regression(pl_module):
+        if self.line_frames is not None:
             self.line_frame(trainer, pl_module)
             self.log_frames(trainer, self.line_frames.drawn())
         if self.recorded % self.plot_every_n_val == 0:
@@ -794,27 +553,29 @@ class FitPictures(L.Callback):
             return None
         return sample(trainer.datamodule, split, self.max_points)
 
-    @torch.no_grad()
-    def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Ask for a frame of the data points and fitted line, in original units where the data says how it
-        normalised its inputs (the normalisation undone), else in the model's."""
+    def start_frames(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The drawing process of the fitted line's frames, started as training starts, with the data points
+        and the line's inputs (a grid over them) in original units where the data says how it normalised its
+        inputs (the normalisation undone), else in the model's."""
         found = normalisation(trainer.datamodule)
         shift, scale = (t.to(pl_module.device) for t in found) if found is not None else (0.0, 1.0)
-        if self.line_frames is None:
-            points = {}
-            for split in ("train", "val", "test"):
-                if (held := self.points(trainer, split)) is not None:
-                    x, y = held
-                    x = (x.to(pl_module.device) * scale + shift).cpu()
-                    points[split] = (x.float().numpy(), y.reshape(len(y), -1).float().numpy())
-            xs = np.concatenate([x for x, _ in points.values()])
-            self.grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
-            units = "original units" if found is not None else "as the model sees it"
-            outputs = pl_module.hparams.out_features
-            self.line_frames = Frames(points, self.grid.numpy(), outputs, self.size, f"input ({units})")
-        fitted = pl_module(
-            trainer.precision_plugin.convert_input((self.grid.to(pl_module.device) - shift) / scale)
-        )
+        points = {}
+        for split in ("train", "val", "test"):
+            if (held := self.points(trainer, split)) is not None:
+                x, y = held
+                x = (x.to(pl_module.device) * scale + shift).cpu()
+                points[split] = (x.float().numpy(), y.reshape(len(y), -1).float().numpy())
+        xs = np.concatenate([x for x, _ in points.values()])
+        grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
+        units = "original units" if found is not None else "as the model sees it"
+        outputs = pl_module.hparams.out_features
+        self.line_frames = Frames(points, grid.numpy(), outputs, self.size, f"input ({units})")
+        self.line_inputs = (grid.to(pl_module.device) - shift) / scale
+
+    @torch.no_grad()
+    def line_frame(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Ask for a frame of the fitted line."""
+        fitted = pl_module(trainer.precision_plugin.convert_input(self.line_inputs))
         loss = trainer.callback_metrics.get("train/loss", float("nan"))
         title = f"epoch {self.epochs}: train/loss {float(loss):.4g}"
         self.line_frames.ask(trainer.global_step, fitted.float().cpu().numpy(), title)

@@ -66,7 +66,7 @@ class FastSteps(Callback):
     """The fast-stepping mechanism: plans the Trainer's schedule, runs a Lightning step's optimizer steps,
     and keeps its step length in every checkpoint (a resume must keep it)."""
 
-    def __init__(self, epochs: int = 250, batches: int = 256, log_every_n_epochs: int = 50):
+    def __init__(self, epochs: int = 500, batches: int = 256, log_every_n_epochs: int = 50):
         super().__init__()
         self.epochs, self.batches, self.log_every_n_epochs = epochs, batches, log_every_n_epochs
         # plan() sets these: optimizer steps per data epoch; data epochs per Lightning step (0: a Lightning
