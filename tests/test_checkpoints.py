@@ -195,7 +195,7 @@ def test_a_run_stopped_by_sigterm_or_ctrl_c_resumes_as_an_unbroken_run(
 @pytest.mark.slow
 @pytest.mark.parametrize("stepping", ["stepping=lightning", "stepping=fast"])
 def test_a_finished_run_resumed_with_more_epochs_equals_a_longer_run(tmp_path, stepping):
-    """Without a validation split a fast step holds 250 epochs: 200 end inside one, and 400 go on from it."""
+    """Without a validation split a fast step holds 500 epochs: 200 end inside one, and 400 go on in it."""
     common = ("trainer=cpu", "optimizer=adam", "data.val_fraction=0", "optimized_metric=train/loss", stepping)
     train(compose_train(tmp_path, *common, "trainer.max_epochs=200"))
     run = tmp_path / "run"

@@ -280,7 +280,7 @@ def test_a_config_yaml_that_is_not_yaml_is_one_line(temperature_run, tmp_path):
 
 @pytest.mark.slow
 def test_resume_with_max_epochs_below_what_was_trained_is_one_line_in_data_epochs(temperature_run, tmp_path):
-    # the book fit runs stepping=fast: 250 data epochs a Lightning epoch, so Lightning's own count is 20
+    # the book fit runs stepping=fast: 500 data epochs a Lightning epoch, so Lightning's own count is 10
     run = tmp_path / "run"
     shutil.copytree(temperature_run, run)
     proc = run_train(tmp_path, f"resume={run}", "trainer.max_epochs=3000", check=False)

@@ -172,10 +172,12 @@ def test_a_killed_search_resumes_to_n_trials_without_repeating_a_trial(tmp_path)
 
 @pytest.mark.slow
 def test_failed_and_pruned_trials(tmp_path):
-    # lr 1e-5 is still far from the fit (loss 67 of 80 at the start) at the first report (epoch 250):
-    # pruned; lr 0.5 diverges. The grid runs in trial-number order.
+    # Steps of 250 epochs, so that a report comes before the end: lr 1e-5 is still far from the fit (loss 67
+    # of 80 at the start) at the first report (epoch 250): pruned; lr 0.5 diverges. The grid runs in
+    # trial-number order.
     args = search_args(
         tmp_path,
+        "stepping.epochs=250",
         "hydra.sweeper.sampler=grid",
         "hydra.sweeper.custom_search_space=null",
         "hydra.sweeper.params={optimizer:sgd,optimizer.lr:'choice(1e-2,1e-5,0.5)'}",
