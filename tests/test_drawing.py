@@ -120,6 +120,10 @@ def test_a_short_run_draws_here_rather_than_wait_for_the_process_to_start(tmp_pa
     assert not IDLE and (process in ENDED or process.poll() is not None)  # stopped, not kept
     idle = Frames(*args)  # a run that asks for nothing: its READY, unread, must not reach the next run
     assert idle.end() == [] and not IDLE
+    here = Frames(*args, process=False)  # one frame, at the end: no process to wait for
+    assert here.process is None
+    here.ask(*asked[0])
+    assert [png for _, png in here.end()] == expected[:1] and not IDLE
 
 
 def test_the_drawing_process_ignores_the_parents_signal_handlers_and_ends_on_sigterm(tmp_path):

@@ -569,7 +569,11 @@ class FitPictures(L.Callback):
         grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
         units = "original units" if found is not None else "as the model sees it"
         outputs = pl_module.hparams.out_features
-        self.line_frames = Frames(points, grid.numpy(), outputs, self.size, f"input ({units})")
+        # A run whose one frame comes at its end (trainer.max_epochs=1, say) has nothing to draw it beside.
+        process = max_data_epochs(trainer) > self.every
+        self.line_frames = Frames(
+            points, grid.numpy(), outputs, self.size, f"input ({units})", process=process
+        )
         self.line_inputs = (grid.to(pl_module.device) - shift) / scale
 
     @torch.no_grad()

@@ -155,13 +155,14 @@ class Frames:
     (the book's fit spent ~150 ms of its ~800 ms drawing them in the training process): a new interpreter
     (`python -m litlab.drawing`, no torch), which shares no memory with this one (a forked copy made every
     page this process wrote afterwards a copy: +30 ms on the book's fit). Frames come back as PNG bytes in
-    the order they were asked for. They are drawn here where no process can start (Windows), where it
-    stops answering (WAIT_S) or dies, or where it is still starting when every frame is wanted (a short
-    run: drawing here is then as quick as waiting): the same pictures."""
+    the order they were asked for. They are drawn here where no process can start (Windows) or none is
+    wanted (process=False: a run that draws one frame, at its end), where it stops answering (WAIT_S) or
+    dies, or where it is still starting when every frame is wanted (a short run: drawing here is then as
+    quick as waiting): the same pictures."""
 
     WAIT_S = 60.0
 
-    def __init__(self, *args):
+    def __init__(self, *args, process: bool = True):
         self.args, self.asked, self.received = args, deque(), []
         self.conn: Connection | None = None
         self.process: subprocess.Popen | None = None
@@ -169,7 +170,7 @@ class Frames:
         self.ready = False  # the process has sent READY
         self.here: Drawing | None = None
         self.gif_asked: tuple[Path, int] | None = None
-        if os.name == "posix":  # a socket pair passed by its file descriptor
+        if process and os.name == "posix":  # a socket pair passed by its file descriptor
             self.start()
 
     def start(self) -> None:
