@@ -183,7 +183,7 @@ class Frames:
                 self.process, self.conn = process, conn
             else:
                 conn.close()
-        if self.process is None:
+        if self.process is None and sys.executable:  # embedded Pythons may have no interpreter to start
             self.spawn()
         if self.process is not None:
             self.sending = threading.Thread(target=self.post, args=(("start", *self.args),), daemon=True)
