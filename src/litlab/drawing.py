@@ -154,11 +154,11 @@ class Frames:
     """The fitted line's frames, drawn by a process of their own on another core while training goes on
     (the book's fit spent ~150 ms of its ~800 ms drawing them in the training process): a new interpreter
     (`python -m litlab.drawing`, no torch), which shares no memory with this one (a forked copy made every
-    page this process wrote afterwards a copy: +30 ms on the book's fit). Frames come back as PNG bytes in
-    the order they were asked for. They are drawn here where no process can start (Windows) or none is
-    wanted (process=False: a run that draws one frame, at its end), where it stops answering (WAIT_S) or
-    dies, or where it is still starting when every frame is wanted (a short run: drawing here is then as
-    quick as waiting): the same pictures."""
+    page this process wrote afterwards a copy: ~900 page faults in the book fit's steps). Frames come back
+    as PNG bytes in the order they were asked for. They are drawn here where no process can start
+    (Windows) or none is wanted (process=False: a run that draws one frame, at its end), where it stops
+    answering (WAIT_S) or dies, or where it is still starting when every frame is wanted (a short run:
+    drawing here is then as quick as waiting): the same pictures."""
 
     WAIT_S = 60.0
 
