@@ -1,6 +1,5 @@
-"""TensorBoard as the cockpit: a logger laid out for the answer, distance to the optimum, pictures of the fit,
-the run's config as text. The pictures are drawn by src/litlab/drawing.py.
-"""
+"""TensorBoard as the cockpit: a logger laid out for the answer, distance to the optimum, pictures of the fit
+(drawn with src/litlab/drawing.py), the run's config as text."""
 
 import io
 import logging
