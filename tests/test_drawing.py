@@ -17,10 +17,8 @@ from litlab.drawing import ENDED, IDLE, Drawing, Frames, end_idle
 def no_idle_process():
     """Each test starts its own drawing process, and leaves none."""
     end_idle()
-    IDLE.clear()
     yield
     end_idle()
-    IDLE.clear()
 
 
 def frame_inputs(frames: int = 4) -> tuple[tuple, list[tuple[int, np.ndarray, str]]]:

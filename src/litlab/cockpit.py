@@ -480,7 +480,8 @@ class FitPictures(L.Callback):
         total = max_data_epochs(trainer)
         self.every = max(self.every_n_epochs, math.ceil(total / self.max_records))
         if self.enabled and trainer.is_global_zero and self.one_input_regression(pl_module):
-            self.start_frames(trainer, pl_module)
+            # a run whose one frame comes at its end (trainer.max_epochs=1) has nothing to draw it beside
+            self.start_frames(trainer, pl_module, process=total > self.every)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.enabled:
@@ -552,7 +553,7 @@ class FitPictures(L.Callback):
             return None
         return sample(trainer.datamodule, split, self.max_points)
 
-    def start_frames(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def start_frames(self, trainer: L.Trainer, pl_module: L.LightningModule, process: bool) -> None:
         """The drawing process of the fitted line's frames, started as training starts, with the data points
         and the line's inputs (a grid over them) in original units where the data says how it normalised its
         inputs (the normalisation undone), else in the model's."""
@@ -568,8 +569,6 @@ class FitPictures(L.Callback):
         grid = torch.linspace(float(xs.min()), float(xs.max()), 100).unsqueeze(1)
         units = "original units" if found is not None else "as the model sees it"
         outputs = pl_module.hparams.out_features
-        # A run whose one frame comes at its end (trainer.max_epochs=1, say) has nothing to draw it beside.
-        process = max_data_epochs(trainer) > self.every
         self.line_frames = Frames(
             points, grid.numpy(), outputs, self.size, f"input ({units})", process=process
         )

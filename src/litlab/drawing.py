@@ -300,7 +300,8 @@ IDLE: list[tuple[subprocess.Popen, Connection]] = []  # a drawing process that e
 @atexit.register
 def end_idle() -> None:
     """An idle drawing process ends with this one (it would on its own, at the pipe's end)."""
-    for process, conn in IDLE:
+    while IDLE:
+        process, conn = IDLE.pop()
         conn.close()
         process.kill()
         process.wait()
