@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
+from litlab.entry import cpu_ticks, tree_ticks
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_train import events, hparams_session
@@ -150,6 +151,23 @@ def test_ctrl_c_stops_a_parallel_sweep_in_one_line(tmp_path):
     assert [r["status"] for r in results] == ["interrupted", "interrupted"]  # each job saved and recorded
 
 
+def test_a_worker_waiting_on_a_busy_child_of_its_own_is_not_idle():
+    """stop_workers waits for workers and their own processes (a run's drawing process, drawing the frames
+    the worker waits for): judged by the worker's ticks alone, the sweep ended before its runs recorded."""
+    busy = "import time; end = time.time() + 3\nwhile time.time() < end: pass"
+    worker = subprocess.Popen(
+        [sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {busy!r}])"]
+    )
+    try:
+        time.sleep(1)  # the worker has started its child and waits
+        own, tree = cpu_ticks(worker.pid), tree_ticks(worker.pid)
+        time.sleep(0.5)
+        assert cpu_ticks(worker.pid) == own and tree_ticks(worker.pid) != tree
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_parallel_sweeps_main_process_stops_its_workers_in_one_line(tmp_path):
     proc = training_parallel_sweep(tmp_path)
@@ -194,6 +212,9 @@ def test_same_seed_is_bit_identical_and_another_seed_differs(cfg_factory, tmp_pa
     a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
     assert a[0] == b[0] and torch.equal(a[1], b[1])
     assert a[0]["val/loss"] != c[0]["val/loss"] and not torch.equal(a[1], c[1])
+    # deterministic kernels, without filling each new tensor with NaN first (6% of a minibatch epoch)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
 
 
 @pytest.mark.slow

@@ -360,13 +360,12 @@ def run_task(target: str, cfg: DictConfig) -> None:
         exit_on_user_error(e)
 
 
-def children() -> list[int]:
-    """This process's child processes (Linux /proc; none elsewhere)."""
-    found = []
+def parents() -> dict[int, int]:
+    """Each process's parent process (Linux /proc; empty elsewhere)."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.append(int(stat.parent.name))
+            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
     return found
 
 
@@ -377,6 +376,16 @@ def cpu_ticks(pid: int) -> int | None:
     except OSError:
         return None
     return None if fields[0] == "Z" else int(fields[11]) + int(fields[12])
+
+
+def tree_ticks(pid: int) -> tuple[int, ...]:
+    """The CPU ticks of a process and of every process under it (a run's drawing process), in pid order;
+    any change means one of them worked or ended."""
+    tree, below, ppid = [pid], [pid], parents()
+    while below:
+        below = [child for child, parent in ppid.items() if parent in below]
+        tree += below
+    return tuple(ticks for ticks in map(cpu_ticks, sorted(tree)) if ticks is not None)
 
 
 def busy_ticks() -> tuple[float, int, int] | None:
@@ -408,18 +417,19 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     they have ended or gone idle (at most grace_s), the sweep ends in one line. A second Ctrl-C stops at once.
     Without it the workers trained on, orphaned, or were killed with no status recorded."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    workers = children()
+    workers = [pid for pid, parent in parents().items() if parent == os.getpid()]
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline, before = time.monotonic() + grace_s, {pid: cpu_ticks(pid) for pid in workers}
-    # until no worker has used the CPU for a second (two half-second samples in a row: one that records its
-    # run's end on busy cores may go half a second without a tick), at most grace_s
+    deadline, before = time.monotonic() + grace_s, [tree_ticks(pid) for pid in workers]
+    # until neither a worker nor a process of its own (its drawing process, drawing the frames the worker
+    # waits for) has used the CPU for a second (two half-second samples in a row: one that records its run's
+    # end on busy cores may go half a second without a tick), at most grace_s
     idle = 0
     while time.monotonic() < deadline and idle < 2:
         time.sleep(0.5)
-        now = {pid: cpu_ticks(pid) for pid in workers}
-        idle = idle + 1 if all(now[pid] is None or now[pid] == before[pid] for pid in workers) else 0
+        now = [tree_ticks(pid) for pid in workers]
+        idle = idle + 1 if now == before else 0
         before = now
     raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
 

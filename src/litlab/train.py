@@ -476,6 +476,10 @@ def fit_run(cfg: DictConfig, resume_ckpt: Path | None, started: float) -> Fitted
         if "SLURM" not in str(e):
             raise
         raise ConfigError(f"Lightning refuses this SLURM environment: {flat(str(e))}") from e
+    # trainer.deterministic picks deterministic kernels and by default also fills every new tensor with NaN
+    # before an op writes it, a check for ops that read memory they never wrote: 6% of a minibatch epoch
+    # ((b) in docs/benchmarks.md); the kernels, and so every result, stay the same without it
+    torch.utils.deterministic.fill_uninitialized_memory = False
     out_dir = Path(cfg.paths.output_dir)
     RunLog.start()  # every check passed: from here on the run is written (its log, config.yaml, ...)
     if trainer.is_global_zero:
