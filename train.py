@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from litlab.checks import check_config
-from litlab.entry import exit_on_user_error, run
+from litlab.entry import exit_on_user_error, import_quickly, run
 from litlab.errors import Diverged, user_error
 from litlab.sweep import write_result
 
@@ -23,9 +23,7 @@ def main(cfg: DictConfig) -> float:
     try:
         if cfg.resume is None:  # answered before Lightning is imported (seconds); train() checks too
             check_config(cfg)
-        from litlab.train import train
-
-        return train(cfg)
+        return import_quickly("litlab.train").train(cfg)
     except Exception as e:
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             exit_on_user_error(e)

@@ -155,6 +155,21 @@ def test_a_refused_command_removes_only_its_own_directories(tmp_path, monkeypatc
     assert not (tmp_path / "logs").exists()
 
 
+def test_lightning_imports_without_the_collector_and_stays_out_of_its_sight():
+    """It went over every object six times while Lightning imported: 0.6 s of 3.3 s (docs/benchmarks.md)."""
+    code = """import gc
+from litlab.entry import import_quickly
+passes = []
+gc.callbacks.append(lambda phase, info: passes.append(info["generation"]) if phase == "start" else None)
+module = import_quickly("lightning")
+frozen = gc.get_freeze_count()
+again = import_quickly("lightning") is module and gc.get_freeze_count() == frozen
+print(len(passes), frozen, again, gc.isenabled())"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    passes, frozen, again, enabled = out.split()
+    assert passes == "0" and int(frozen) > 100_000 and again == enabled == "True"
+
+
 def test_paths_are_taken_as_typed():
     typed = ["resume=logs/1_a=b,c=[1,2]", "ckpt_path=runs/x", "optimizer.lr=0.1", "input_file=it's.csv"]
     assert paths_as_typed(typed) == [
