@@ -91,15 +91,15 @@ def plain(value: object) -> int | float | str | bool:
     return value if isinstance(value, int | float | str | bool) else str(value)
 
 
-def hparams_of(cfg: DictConfig) -> dict:
-    """The run's choices as flat plain values for TensorBoard's HParams tab."""
+def hparams_of(cfg: DictConfig, choices: dict[str, str]) -> dict:
+    """The run's choices as flat plain values for TensorBoard's HParams tab (`choices`: the options as typed,
+    run_choices)."""
     chosen = OmegaConf.to_container(cfg, resolve=True)
     flat = {"seed": chosen["seed"]}
     # a model that picks its own optimizer and scheduler (configure_optimizers) lists neither of ours
     ours = [g for g in ("optimizer", "scheduler") if takes(cfg, g)]
     if "optimizer" in ours:
         flat["optimizer"] = optimizer_name(cfg)
-    choices = run_choices(cfg.paths.output_dir)  # data=wine, model=mlp, ...: the options as typed
     typed = ("data", "model", *(g for g in ours if g != "optimizer"), "experiment")  # optimizer: above
     flat |= {g: choices[g] for g in typed if choices.get(g)}
     for group in ("data", "model", *ours):
@@ -116,7 +116,7 @@ def run_params(cfg: DictConfig) -> tuple[dict, list[str]]:
     """(the run's choices as flat plain values, the keys its command sweeps): TensorBoard's HParams, the
     params of MLflow and the config of W&B."""
     swept, choices = swept_keys(), run_choices(cfg.paths.output_dir)
-    params = hparams_of(cfg)
+    params = hparams_of(cfg, choices)
     for key in swept:  # a swept key that hparams_of leaves out (callbacks.*, a user's own; a group's option)
         value = OmegaConf.select(cfg, key)
         if isinstance(value, DictConfig):  # a group: its option (logger=[tensorboard,mlflow] records none)
