@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from litlab.entry import cpu_ticks, tree_ticks
+from litlab.entry import cpu_ticks, parents, tree_ticks
 from litlab.train import train
 from tests.conftest import ROOT, compose_train, run_dirs, run_train
 from tests.test_train import events, hparams_session
@@ -160,9 +160,9 @@ def test_a_worker_waiting_on_a_busy_child_of_its_own_is_not_idle():
     )
     try:
         time.sleep(1)  # the worker has started its child and waits
-        own, tree = cpu_ticks(worker.pid), tree_ticks(worker.pid)
+        own, tree = cpu_ticks(worker.pid), tree_ticks(worker.pid, parents())
         time.sleep(0.5)
-        assert cpu_ticks(worker.pid) == own and tree_ticks(worker.pid) != tree
+        assert cpu_ticks(worker.pid) == own and tree_ticks(worker.pid, parents()) != tree
     finally:
         worker.kill()
         worker.wait()

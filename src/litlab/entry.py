@@ -396,10 +396,10 @@ def cpu_ticks(pid: int) -> int | None:
     return None if fields[0] == "Z" else int(fields[11]) + int(fields[12])
 
 
-def tree_ticks(pid: int) -> tuple[int, ...]:
-    """The CPU ticks of a process and of every process under it (a run's drawing process), in pid order;
-    any change means one of them worked or ended."""
-    tree, below, ppid = [pid], [pid], parents()
+def tree_ticks(pid: int, ppid: dict[int, int]) -> tuple[int, ...]:
+    """The CPU ticks of a process and of every process under it (a run's drawing process), in pid order,
+    `ppid` being parents(); any change means one of them worked or ended."""
+    tree, below = [pid], [pid]
     while below:
         below = [child for child, parent in ppid.items() if parent in below]
         tree += below
@@ -435,18 +435,20 @@ def stop_workers(signum: int, frame: object, grace_s: float = 30.0) -> None:
     they have ended or gone idle (at most grace_s), the sweep ends in one line. A second Ctrl-C stops at once.
     Without it the workers trained on, orphaned, or were killed with no status recorded."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    workers = [pid for pid, parent in parents().items() if parent == os.getpid()]
+    ppid = parents()
+    workers = [pid for pid, parent in ppid.items() if parent == os.getpid()]
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline, before = time.monotonic() + grace_s, [tree_ticks(pid) for pid in workers]
+    deadline, before = time.monotonic() + grace_s, [tree_ticks(pid, ppid) for pid in workers]
     # until neither a worker nor a process of its own (its drawing process, drawing the frames the worker
     # waits for) has used the CPU for a second (two half-second samples in a row: one that records its run's
     # end on busy cores may go half a second without a tick), at most grace_s
     idle = 0
     while time.monotonic() < deadline and idle < 2:
         time.sleep(0.5)
-        now = [tree_ticks(pid) for pid in workers]
+        ppid = parents()  # one pass over /proc for every worker
+        now = [tree_ticks(pid, ppid) for pid in workers]
         idle = idle + 1 if now == before else 0
         before = now
     raise KeyboardInterrupt("SIGTERM" if signum == signal.SIGTERM else "Ctrl-C")
