@@ -1,11 +1,14 @@
 """The embedded and generated datasets: values, shapes, splits, normalisation."""
 
 import os
+import platform
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from litlab.data.base import TensorBatches
+from litlab.data.base import HUGE_PAGE, THP_SETTING, TensorBatches, on_huge_pages
 from litlab.data.contract import TaskMismatch, choose_task
 from litlab.data.regression import RegressionData, generate, noisy100
 from litlab.data.temperature import T_C, T_U, TemperatureData
@@ -75,6 +78,43 @@ def test_batches_cover_every_row_once_per_epoch_in_a_new_order():
     for e in epochs:
         assert sorted(e.tolist()) == list(range(10))
     assert any(not torch.equal(epochs[0], e) for e in epochs[1:])
+
+
+def huge_page_bytes(t: torch.Tensor) -> int:
+    """AnonHugePages of the mappings that hold t's storage (/proc/self/smaps)."""
+    start = t.untyped_storage().data_ptr()
+    end, total, inside = start + t.untyped_storage().nbytes(), 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split()[0]
+        if "-" in head and ":" not in head:  # a mapping's first line: its address range
+            low, high = (int(a, 16) for a in head.split("-"))
+            inside = low < end and start < high
+        elif inside and head == "AnonHugePages:":
+            total += int(line.split()[1]) * 1024
+    return total
+
+
+@pytest.mark.skipif(
+    sys.platform != "linux"
+    or tuple(int(v) for v in platform.release().split(".")[:2]) < (6, 1)
+    or not THP_SETTING.exists()
+    or "[never]" in THP_SETTING.read_text(),
+    reason="MADV_COLLAPSE needs Linux 6.1+ with transparent huge pages not set to never",
+)
+def test_a_served_split_sits_on_huge_pages_with_its_values_unchanged():
+    """A split is moved onto 2 MiB pages as it is served (fewer TLB misses for minibatches of random
+    rows), every whole huge page of it, bit for bit the same values; small data is left as it is."""
+    # 41 MB: over glibc's largest mmap threshold, so x is a mapping of its own (smaps counts per mapping)
+    data = RegressionData(preset="generated", n=160_000, features=64, val_fraction=0.2, scaling="none")
+    data.setup()
+    x, y = data.splits["train"]
+    before = x.clone(), y.clone()
+    assert huge_page_bytes(x) == 0  # 4 KiB pages as generated
+    batches = data.batches("train", "rows")
+    whole = (x.untyped_storage().nbytes() // HUGE_PAGE - 1) * HUGE_PAGE  # x's storage, 41 MB: 18 pages
+    assert huge_page_bytes(x) >= whole > 0
+    assert torch.equal(batches.x, before[0]) and torch.equal(batches.y, before[1])
+    assert on_huge_pages([x[:100].clone()]) == 0  # 25 KB: no whole huge page inside, nothing to move
 
 
 def test_ddp_ranks_get_equal_disjoint_shards():
