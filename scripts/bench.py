@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from litlab.data.files import FILES
 from litlab.data.temperature import T_C, T_U
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -427,6 +428,10 @@ THREAD_WORK = {
 }  # fmt: skip
 
 
+# (i)'s MLP trains on wine: where `make data` puts it, or LITLAB_DATA_DIR
+DATA_DIR = Path(os.environ.get("LITLAB_DATA_DIR", ROOT / "data"))
+
+
 def bench_threads(rounds: int = 2) -> dict[tuple[str, str, str], float]:
     """(i) {(workload, load, threads): median training seconds} for threads 1, torch's default and auto,
     quiet and with one busy process per core (a plain Python loop each), alternating the settings."""
@@ -456,12 +461,11 @@ def cores() -> int:
 def trained_seconds(args: list[str], env: dict) -> float:
     """The training time of `python train.py args`, from its metrics.json."""
     with tempfile.TemporaryDirectory() as tmp:
-        data = os.environ.get("LITLAB_DATA_DIR", ROOT / "data")  # wine: where `make data` puts it
         command = [
             sys.executable,
             str(ROOT / "train.py"),
             f"paths.root_dir={tmp}",
-            f"paths.data_dir={data}",
+            f"paths.data_dir={DATA_DIR}",
             *args,
         ]
         subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
@@ -698,6 +702,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench.md")
     args = parser.parse_args()
     logging.disable(logging.INFO)
+    if (args.only_i or not any((args.part, args.only_g, args.only_f, args.only_h, args.only_abc))) and not (
+        DATA_DIR / FILES["wine"]
+    ).exists():
+        sys.exit(
+            f"row (i) trains on the wine file, not in {DATA_DIR}: make data, or LITLAB_DATA_DIR=<a copy>"
+        )
     if args.part:
         part = PARTS[args.part]
         print(

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from litlab import checks, entry
 from litlab.checkpoints import load
 from litlab.errors import ConfigError
-from litlab.loggers import records
+from litlab.loggers import wandb_items
 from tests.conftest import ROOT, free_port, run_train
 from tests.signal_at import signal_at
 from tests.test_checkpoints import run_dirs, start_train, wait_for_epoch
@@ -204,22 +204,9 @@ def float32(value: float) -> float:
 def wandb_files(run: Path) -> dict:
     """What a run's offline W&B files hold, in the order written (the killed run's first): its id and tags,
     config, summary (each key's last value) and history rows."""
-    from wandb.proto.wandb_internal_pb2 import Record
-
     found = {"ids": [], "tags": [], "config": {}, "summary": {}, "history": []}
     for path in sorted(run.glob("wandb/offline-run-*/run-*.wandb"), key=lambda f: f.parent.name):
-        for raw in records(path):
-            record = Record.FromString(raw)
-            kind = record.WhichOneof("record_type")
-            items = {
-                "run": lambda r: r.run.config.update,
-                "config": lambda r: r.config.update,
-                "summary": lambda r: r.summary.update,
-                "history": lambda r: r.history.item,
-            }
-            if kind not in items:
-                continue
-            values = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items[kind](record)}
+        for kind, record, values in wandb_items(path):
             if kind == "run":
                 found["ids"] = sorted({*found["ids"], record.run.run_id})
                 found["tags"] = list(record.run.tags)

@@ -378,22 +378,25 @@ def run_task(target: str, cfg: DictConfig) -> None:
         exit_on_user_error(e)
 
 
+def stat_fields(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the process's name (state, parent, ..., user and system ticks at
+    11 and 12); None once it has ended, or without /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def parents() -> dict[int, int]:
     """Each process's parent process (Linux /proc; empty elsewhere)."""
-    found = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            found[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    return found
+    stats = {int(p.name): stat_fields(p.name) for p in Path("/proc").glob("[0-9]*")}
+    return {pid: int(fields[1]) for pid, fields in stats.items() if fields}
 
 
 def cpu_ticks(pid: int) -> int | None:
     """A process's user + system CPU time in clock ticks; None once it has ended."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else int(fields[11]) + int(fields[12])
+    fields = stat_fields(pid)
+    return None if fields is None or fields[0] == "Z" else int(fields[11]) + int(fields[12])
 
 
 def tree_ticks(pid: int, ppid: dict[int, int]) -> tuple[int, ...]:

@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.loggers import MLFlowLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -251,11 +252,28 @@ def records(path: Path) -> Iterator[bytes]:
             record = b""
 
 
-def history(path: Path) -> Iterator[dict]:
-    """The history rows (wandb.log calls) of a W&B run file, as {key: value}."""
+# where each kind of W&B record keeps its {key: value} items
+WANDB_ITEMS = {
+    "run": lambda r: r.run.config.update,
+    "config": lambda r: r.config.update,
+    "summary": lambda r: r.summary.update,
+    "history": lambda r: r.history.item,
+}
+
+
+def wandb_items(path: Path) -> Iterator[tuple[str, Any, dict]]:
+    """The run, config, summary and history records of a W&B run file, in the order written:
+    (kind, the record, its {key: value})."""
     from wandb.proto import wandb_internal_pb2
 
     for raw in records(path):
         record = wandb_internal_pb2.Record.FromString(raw)
-        if record.WhichOneof("record_type") == "history":
-            yield {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item}
+        kind = record.WhichOneof("record_type")
+        if kind in WANDB_ITEMS:
+            items = WANDB_ITEMS[kind](record)
+            yield kind, record, {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+
+
+def history(path: Path) -> Iterator[dict]:
+    """The history rows (wandb.log calls) of a W&B run file, as {key: value}."""
+    return (values for kind, _, values in wandb_items(path) if kind == "history")
