@@ -48,6 +48,7 @@ N, D, BATCH, EPOCHS = 2_000_000, 64, 8192, 5
 # (b)'s alternating rounds, each side in a fresh interpreter: one alone swings by +-10% here
 B_ROUNDS = 5
 SWEEP = ["optimizer=sgd,adam,rmsprop", "optimizer.lr=1e-3,1e-2,1e-1", "seed=0,1,2"]
+SWEEP_ROUNDS = 2  # (d) and (f): alternating rounds, for their spread
 
 
 def compose(root: Path, *overrides: str):
@@ -269,7 +270,10 @@ def bench_stream() -> dict:
             write_table(path, n, D)
             rounds = 2 if n == STREAM_SIZES[0] else 1
             parts = ("stream-template", "stream-plain") if n == STREAM_SIZES[0] else ("stream-template",)
-            runs = {part: [in_subprocess(part, n, 1, str(path)) for _ in range(rounds)] for part in parts}
+            runs = {part: [] for part in parts}
+            for _ in range(rounds):  # alternating, as (b)
+                for part, rs in runs.items():
+                    rs.append(in_subprocess(part, n, 1, str(path)))
             results[n] = {
                 part: {
                     "seconds": statistics.median(r["seconds"] for r in rs),
@@ -277,6 +281,8 @@ def bench_stream() -> dict:
                 }
                 for part, rs in runs.items()
             }
+            if len(parts) == 2:
+                results[n]["spread"] = spread(*([r["seconds"] for r in rs] for rs in runs.values()))
             path.unlink()
     return results
 
@@ -286,7 +292,17 @@ def streams(h: dict) -> list[tuple]:
     small, large = STREAM_SIZES
     t, p = h[small]["stream-template"], h[small]["stream-plain"]
     label = f"(h) 1e7 x 64 Parquet streamed, batch {BATCH}, shuffle buffer {STREAM_BUFFER:,} rows: samples/s"
-    rows = [row(label, small / t["seconds"], small / p["seconds"], "", ">= 0.8x", rate=True)]
+    rows = [
+        row(
+            label,
+            small / t["seconds"],
+            small / p["seconds"],
+            "",
+            ">= 0.8x",
+            rate=True,
+            ratios=h[small]["spread"],
+        )
+    ]
     rss = (h[small]["stream-template"]["peak_rss_mb"], h[large]["stream-template"]["peak_rss_mb"])
     data = f"{small * (D + 1) * 4 / 1e9:.1f} / {large * (D + 1) * 4 / 1e9:.1f} GB"
     label = f"(h) peak RSS streaming 1e7 / 4e7 rows (data {data}): MB"
@@ -525,17 +541,21 @@ def bench_processes(repeats: int) -> dict:
             imports.append(wall([py, "-c", "import lightning"], ROOT))
             starts.append(wall(one_step, ROOT))
         sweep_cmd = [py, str(ROOT / "train.py"), "-m", f"paths.root_dir={tmp}", "experiment=book_temperature"]
-        sweep = wall([*sweep_cmd, "trainer=cpu", *SWEEP], ROOT)  # the default launcher: joblib, parallel
-        serial = wall([*sweep_cmd, "trainer=cpu", "hydra/launcher=basic", *SWEEP], ROOT)
-        plain = wall([py, "-c", PLAIN_SWEEP], ROOT)
-        jobs = (len(list(Path(tmp, "logs").rglob("metrics.json"))) - repeats) // 2
+        sweeps, serials, plains = [], [], []
+        for _ in range(SWEEP_ROUNDS):  # alternating
+            sweeps.append(wall([*sweep_cmd, "trainer=cpu", *SWEEP], ROOT))  # the default launcher: parallel
+            serials.append(wall([*sweep_cmd, "trainer=cpu", "hydra/launcher=basic", *SWEEP], ROOT))
+            plains.append(wall([py, "-c", PLAIN_SWEEP], ROOT))
+        jobs = (len(list(Path(tmp, "logs").rglob("metrics.json"))) - repeats) // (2 * SWEEP_ROUNDS)
     return {
-        "serial_sweep_s": serial,
+        "serial_sweep_s": statistics.median(serials),
         "import_s": statistics.median(imports),
         "one_step_s": statistics.median(starts),
         "one_step_extra": sorted(s - i for s, i in zip(starts, imports, strict=True)),
-        "sweep_s": sweep,
-        "plain_sweep_s": plain,
+        "sweep_s": statistics.median(sweeps),
+        "plain_sweep_s": statistics.median(plains),
+        "sweep_spread": spread(sweeps, plains),
+        "serial_spread": spread(serials, plains),
         "sweep_jobs": jobs,
     }
 
@@ -546,24 +566,26 @@ def bench_search() -> dict[str, dict]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results = {}
+    results, walls = {}, {"median": [], "none": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for pruner in ("median", "none"):
-            sweep_dir = Path(tmp, pruner)
-            command = [sys.executable, str(ROOT / "train.py"), "-m", f"paths.root_dir={tmp}"]
-            command += ["hparams_search=optimizers", "experiment=book_temperature", "trainer=cpu"]
-            command += [f"hydra.sweeper.pruner={pruner}", f"hydra.sweep.dir={sweep_dir}"]
-            seconds = wall(command, ROOT)
-            study = optuna.load_study(
-                study_name="book_temperature", storage=f"sqlite:///{sweep_dir}/optuna.db"
-            )
-            states = [t.state.name for t in study.trials]
-            results[pruner] = {
-                "wall_s": seconds,
-                "best": study.best_value,
-                "pruned": states.count("PRUNED"),
-                "trials": len(states),
-            }
+        for r in range(SWEEP_ROUNDS):  # alternating
+            for pruner in walls:
+                sweep_dir = Path(tmp, f"{pruner}{r}")
+                command = [sys.executable, str(ROOT / "train.py"), "-m", f"paths.root_dir={tmp}"]
+                command += ["hparams_search=optimizers", "experiment=book_temperature", "trainer=cpu"]
+                command += [f"hydra.sweeper.pruner={pruner}", f"hydra.sweep.dir={sweep_dir}"]
+                walls[pruner].append(wall(command, ROOT))
+                study = optuna.load_study(
+                    study_name="book_temperature", storage=f"sqlite:///{sweep_dir}/optuna.db"
+                )
+                states = [t.state.name for t in study.trials]
+                results[pruner] = {
+                    "wall_s": statistics.median(walls[pruner]),
+                    "best": study.best_value,
+                    "pruned": states.count("PRUNED"),
+                    "trials": len(states),
+                }
+    results["spread"] = spread(walls["median"], walls["none"])
     return results
 
 
@@ -574,7 +596,7 @@ def searches(f: dict[str, dict]) -> list[tuple]:
         f"(f) {full['trials']}-trial search, book fit: pruner=median ({pruned['pruned']} pruned, best loss "
         f"{pruned['best']:.6f}) vs none (best {full['best']:.6f}): wall s"
     )
-    return [row(label, pruned["wall_s"], full["wall_s"], "s", "< 1x, same best")]
+    return [row(label, pruned["wall_s"], full["wall_s"], "s", "< 1x, same best", ratios=f["spread"])]
 
 
 def row(
@@ -645,9 +667,9 @@ def processes(c: dict) -> list[tuple]:
     label = "(c) `python train.py` one step vs `import lightning`: s"
     rows.append((*row(label, c["one_step_s"], c["import_s"], "s", "")[:3], extra, "<= +1.0 s"))
     label = f"(d) {c['sweep_jobs']}-job sweep, book fit each (default launcher, parallel): wall s"
-    rows.append(row(label, c["sweep_s"], c["plain_sweep_s"], "s", "<= 2.0x"))
+    rows.append(row(label, c["sweep_s"], c["plain_sweep_s"], "s", "<= 2.0x", ratios=c["sweep_spread"]))
     label = "(d) the same with `hydra/launcher=basic` (one job at a time): wall s"
-    rows.append(row(label, c["serial_sweep_s"], c["plain_sweep_s"], "s", ""))
+    rows.append(row(label, c["serial_sweep_s"], c["plain_sweep_s"], "s", "", ratios=c["serial_spread"]))
     return rows
 
 
