@@ -170,19 +170,48 @@ def test_peak_memory_stays_flat_as_the_table_grows(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_with_two_workers_resumes_to_the_weights_of_an_unbroken_run(tmp_path):
+@pytest.mark.parametrize("stepping", [("stepping=lightning",), ("stepping=fast", "stepping.batches=3")])
+def test_sigterm_mid_epoch_with_two_workers_resumes_to_the_weights_of_an_unbroken_run(tmp_path, stepping):
+    """38 batches an epoch; under stepping=fast a Lightning step holds up to 3 of a fill."""
     write_table(tmp_path / "t.parquet", 12_000, 4, group_rows=500)
     args = ("data=table", f"data.path={tmp_path / 't.parquet'}", "data.target=y", "data.stream=true")
     args = (*args, "data.batch_size=256", "data.shuffle_buffer=2000", "data.num_workers=2", "optimizer=adam")
-    args = (*args, "trainer=cpu", "trainer.max_epochs=4", "callbacks.last_checkpoint.every_s=0")
+    args = (*args, "trainer=cpu", "trainer.max_epochs=4", "callbacks.last_checkpoint.every_s=0", *stepping)
+    args = (*args, "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.8")  # steps at epochs' ends
     with pytest.raises(SystemExit, match="^error: stopped by SIGTERM after "):
-        train(compose_train(tmp_path, *args, *signal_at("SIGTERM", "on_train_batch_end", 2, 9)))
+        train(compose_train(tmp_path, *args, *signal_at("SIGTERM", "on_train_batch_end", 2, 5)))
     run = tmp_path / "run"
     assert 2 * 38 < load(run / "checkpoints" / "last.ckpt")["global_step"] < 3 * 38  # inside epoch 3
     time.sleep(1.0)  # the resume's event file sorts after the first (tests/test_checkpoints.py)
     train(compose_train(tmp_path / "elsewhere", f"resume={run}"))
     train(compose_train(tmp_path / "unbroken", *args))
     assert_same_run(run, tmp_path / "unbroken" / "run")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_fast_stepping_on_a_stream_takes_the_same_steps_bit_for_bit(tmp_path, workers):
+    """stepping=fast takes up to 3 batches of a fill a Lightning step (fills of 5 row groups: 8 batches, the
+    last one shorter); the weights end bit for bit as with one batch a step, StepLR stepping at each epoch's
+    end; OneCycleLR spans the run's optimizer steps exactly (each epoch's own count: the fills differ)."""
+    write_table(tmp_path / "t.parquet", 12_000, 4, group_rows=500)
+    args = ("data=table", f"data.path={tmp_path / 't.parquet'}", "data.target=y", "data.stream=true")
+    args = (*args, "data.batch_size=256", "data.shuffle_buffer=2000", f"data.num_workers={workers}")
+    args = (*args, "trainer=cpu", "trainer.max_epochs=3", "logger=csv", "callbacks.last_checkpoint.every_s=0")
+    steppings = {"lightning": ("stepping=lightning",), "fast": ("stepping=fast", "stepping.batches=3")}
+    ckpts = {}
+    for name, stepping in steppings.items():
+        root = tmp_path / name
+        scheduler = ("scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5")
+        train(compose_train(root, *args, *stepping, *scheduler))
+        ckpts[name] = load(root / "run" / "checkpoints" / "last.ckpt")
+    assert ckpts["fast"]["global_step"] == ckpts["lightning"]["global_step"]
+    for key, value in ckpts["lightning"]["state_dict"].items():
+        assert torch.equal(ckpts["fast"]["state_dict"][key], value), key
+    assert [c["lr_schedulers"][0]["_last_lr"] for c in ckpts.values()] == [[0.01 / 8]] * 2
+    train(compose_train(tmp_path / "onecycle", *args, *steppings["fast"], "scheduler=onecycle"))
+    ckpt = load(tmp_path / "onecycle" / "run" / "checkpoints" / "last.ckpt")
+    [scheduler] = ckpt["lr_schedulers"]
+    assert scheduler["total_steps"] == scheduler["last_epoch"] == ckpt["global_step"]
 
 
 @pytest.mark.slow

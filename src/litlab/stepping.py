@@ -5,7 +5,8 @@ optimizer step on small data (~0.1 ms on the book's 11 points). With stepping=fa
 
 - on full-batch data one Lightning step holds up to `epochs` epochs, one optimizer step each on the same
   whole batch, and ends where validation is due;
-- on minibatch data one Lightning step holds up to `batches` consecutive minibatches of one epoch.
+- on minibatch data one Lightning step holds up to `batches` consecutive minibatches of one epoch (of a
+  shuffle buffer's fill, on a streamed table).
 
 Every optimizer step still gets what was configured: gradient clipping (trainer.gradient_clip_val and
 _algorithm), learning-rate schedulers per data epoch or per optimizer step, max_epochs and max_steps
@@ -16,6 +17,9 @@ default, runs one optimizer step per Lightning step and leaves all of it to Ligh
 
 A model takes fast steps when it has a `fast_steps` attribute and hands its training_step to
 `fast_steps.training_step` while that is set (src/litlab/models/task.py)."""
+
+from collections.abc import Callable, Iterator
+from itertools import islice
 
 import lightning as L
 import torch
@@ -69,15 +73,19 @@ class FastSteps(Callback):
     def __init__(self, epochs: int = 500, batches: int = 256, log_every_n_epochs: int = 50):
         super().__init__()
         self.epochs, self.batches, self.log_every_n_epochs = epochs, batches, log_every_n_epochs
-        # plan() sets these: optimizer steps per data epoch; data epochs per Lightning step (0: a Lightning
-        # epoch is one data epoch, in groups); optimizer steps per Lightning step at most
-        self.nb, self.epochs_per_step, self.group = 1, 1, 1
+        # plan() sets these: optimizer steps per data epoch (None: each epoch's own, a stream's); data
+        # epochs per Lightning step (0: a Lightning epoch is one data epoch, in groups); optimizer steps per
+        # Lightning step at most
+        self.nb: int | None = 1
+        self.epochs_per_step, self.group = 1, 1
         self.clip: tuple[float, str] | None = None
         self.capped = False  # the user's max_steps ends the run before max_epochs
         self.epoch_loss = torch.zeros(2, dtype=torch.float64)  # sum and rows so far, for ReduceLROnPlateau
 
-    def plan(self, trainer: dict, has_val: bool, batches_per_epoch: int) -> dict:
+    def plan(self, trainer: dict, has_val: bool, batches_per_epoch: int | list[int]) -> dict:
         """The Trainer's arguments for the user's ones, in Lightning's units; clipping is taken over here.
+        batches_per_epoch: the minibatches of every epoch, or a list of each epoch's own (a stream's,
+        whose loaders are each epoch's: a Lightning step then never spans epochs).
 
         Where a whole epoch fits in `batches` minibatches, a Lightning step holds k whole epochs: k at
         most `epochs` (full-batch data) or what fits in `batches`, and dividing the validation interval,
@@ -89,9 +97,10 @@ class FastSteps(Callback):
         value = trainer.pop("gradient_clip_val", None)
         algorithm = trainer.pop("gradient_clip_algorithm", None) or "norm"
         self.clip = (float(value), algorithm) if value else None
-        self.nb = nb = batches_per_epoch
         epochs, wanted = trainer["max_epochs"], trainer.get("max_steps") or -1
-        if nb <= self.batches:
+        each = batches_per_epoch if isinstance(batches_per_epoch, list) else None
+        self.nb = nb = None if each is not None else batches_per_epoch
+        if nb is not None and nb <= self.batches:
             val_every = min(trainer["check_val_every_n_epoch"], epochs)
             fit = self.epochs if nb == 1 else min(self.epochs, self.batches // nb)  # full-batch: `epochs`
             most = min(fit, val_every) if has_val else fit  # max_steps cuts the last step short
@@ -105,7 +114,7 @@ class FastSteps(Callback):
                 trainer["min_steps"] = max(trainer.get("min_steps") or 0, trainer.pop("min_epochs") * nb)
         else:
             self.epochs_per_step, self.group = 0, self.batches
-        total = epochs * nb
+        total = sum(each[:epochs]) if each is not None else epochs * nb
         trainer["max_steps"] = total if wanted < 0 else min(wanted, total)
         self.capped = trainer["max_steps"] < total
         return trainer
@@ -113,7 +122,7 @@ class FastSteps(Callback):
     def describe(self) -> str:
         """What a Lightning step holds, for the console."""
         k, nb = self.epochs_per_step, self.nb
-        held = f"{k} epochs of {nb} minibatch(es)" if k else f"{self.group} minibatches of an epoch"
+        held = f"{k} epochs of {nb} minibatch(es)" if k else f"up to {self.group} minibatches of an epoch"
         return f"stepping=fast ({held} a Lightning step)"
 
     def state_dict(self) -> dict:
@@ -130,6 +139,8 @@ class FastSteps(Callback):
         each whole data epoch's mean loss and learning rate (for the logs)."""
         trainer = module.trainer
         start, nb = trainer.global_step, self.nb
+        # in groups, the data epoch ends with the last step of the epoch's last item (before max_steps cuts)
+        ends = len(steps) if not self.epochs_per_step and batch_idx + 1 == trainer.num_training_batches else 0
         steps = steps[: trainer.max_steps - start]
         n = len(steps)
         optimizer = module.optimizers().optimizer
@@ -155,9 +166,8 @@ class FastSteps(Callback):
             losses.append(loss.detach())
             sizes.append(x.shape[0])  # len(x) is Python: 2 us more, 2% of a book epoch
             if schedulers:
-                self.step_schedulers(
-                    schedulers, loss.detach(), sizes[-1], epoch_end=(start + i + 1) % nb == 0
-                )
+                epoch_end = (start + i + 1) % nb == 0 if self.epochs_per_step else i + 1 == ends
+                self.step_schedulers(schedulers, loss.detach(), sizes[-1], epoch_end)
         losses = torch.stack(losses)
         credit_optimizer_steps(trainer, n)
         rows = losses.new_tensor(sizes)
@@ -200,6 +210,64 @@ class FastSteps(Callback):
                 logger.log_metrics({"train/loss": value, **lr}, step=(first + i) * self.nb - 1)
 
 
+class Grouped:
+    """A loader's minibatches, `group` consecutive ones an item (an epoch's last item fewer): one fast
+    Lightning step's over data that serves its own loader (a stream's), in the loader's order whatever its
+    workers. Each item draws its minibatches as the step iterates them (Pulled), so that no more of them
+    are held at once than under stepping=lightning. It resumes where the loader does: a checkpoint falls
+    between items, so a resumed epoch's items are those an unbroken one serves."""
+
+    def __init__(self, loader, group: int, epoch: int, to_device: Callable = lambda batch: batch):
+        self.loader, self.group, self.epoch, self.to_device = loader, group, epoch, to_device
+        self.served, self.resumed = 0, 0  # minibatches of this epoch drawn; where a checkpoint left it
+
+    def __len__(self) -> int:
+        return -(-len(self.loader) // self.group)
+
+    def __iter__(self) -> Iterator["Pulled"]:
+        batches, total = iter(self.loader), len(self.loader)
+        self.served, self.resumed = self.resumed, 0
+        for first in range(self.served, total, self.group):
+            yield Pulled(self, batches, min(self.group, total - first))
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "served": self.served, "loader": self.loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.resumed = state["served"] if state["epoch"] == self.epoch else 0
+        self.loader.load_state_dict(state["loader"])
+
+    @property
+    def _iterator(self):
+        """The loader's iterator: where a run stops, Lightning shuts a loader's workers down through it
+        (lightning.pytorch.utilities.combined_loader._shutdown_workers_and_reset_iterator); else they
+        would outlive the run (tests/test_stream.py's SIGTERM test resumes the run at once)."""
+        return getattr(self.loader, "_iterator", None)
+
+    @_iterator.setter
+    def _iterator(self, value) -> None:
+        self.loader._iterator = value
+
+
+class Pulled:
+    """n minibatches of a Grouped loader, each drawn (and moved to the device, as Lightning moves a batch)
+    only as the fast step reaches it. Not a collections Sequence, so that Lightning passes it on."""
+
+    def __init__(self, grouped: Grouped, batches: Iterator, n: int):
+        self.grouped, self.batches, self.n = grouped, batches, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, first: slice) -> "Pulled":  # steps[:k]: max_steps cuts the last step short
+        return Pulled(self.grouped, self.batches, len(range(self.n)[first]))
+
+    def __iter__(self) -> Iterator:
+        for batch in islice(self.batches, self.n):
+            self.grouped.served += 1
+            yield self.grouped.to_device(batch)
+
+
 def per_epoch(values: Tensor, rows: Tensor, nb: int) -> Tensor:
     """Size-weighted means of consecutive runs of nb steps (a last, shorter run where max_steps cut it)."""
     if nb == 1:
@@ -235,8 +303,8 @@ def fused_epochs(trainer: L.Trainer) -> bool:
 
 
 def steps_per_epoch(trainer: L.Trainer) -> int | None:
-    """Optimizer steps per data epoch where they are fixed (fast stepping; full-batch data without gradient
-    accumulation: one); None elsewhere."""
+    """Optimizer steps per data epoch where they are fixed (fast stepping on data whose epochs are alike;
+    full-batch data without gradient accumulation: one); None elsewhere."""
     if (fast := stepper(trainer)) is not None:
         return fast.nb
     return 1 if full_batch(trainer.datamodule) and trainer.accumulate_grad_batches == 1 else None

@@ -344,7 +344,11 @@ def trainer_settings(
     settings = OmegaConf.to_container(cfg.trainer, resolve=True)
     if fast is not None:
         batches = fast_batches(data)
-        settings = fast.plan(settings, has_val, batches.batches_per_epoch())
+        if loaders_per_epoch(data):  # each epoch its own count of minibatches (a stream's fills)
+            per_epoch = [batches.batches_per_epoch(e) for e in range(settings["max_epochs"])]
+        else:
+            per_epoch = batches.batches_per_epoch()
+        settings = fast.plan(settings, has_val, per_epoch)
         batches.serve_steps(fast.group, fast.epochs_per_step)
     if not has_val:
         settings.setdefault("limit_val_batches", 0)

@@ -77,7 +77,8 @@ class WholeSplits(Protocol):
 
 
 class FastBatches(Protocol):
-    """Batches stepping=fast can serve: several minibatches, or data epochs, per Lightning step."""
+    """Batches stepping=fast can serve: several minibatches, or data epochs, per Lightning step. With
+    EpochLoaders, batches_per_epoch(epoch) is asked of each epoch (a stream's differ)."""
 
     full_batch: bool
 

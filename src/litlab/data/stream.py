@@ -14,6 +14,9 @@
   batches, the fill's last one shorter. Under DDP every rank serves as many batches as the smallest
   share (a larger share's last batches wait for another epoch's deal). The loaders are new every epoch
   (the Trainer reloads them: contract.EpochLoaders), so their length is the epoch's own.
+- **stepping=fast**: the training loader's batches are served `stepping.batches` at a time (stepping.Grouped:
+  the same batches, in the same order), one Lightning step taking them all; each epoch has a count of
+  batches of its own (each fill's last one is shorter), which plan() sums for max_steps and OneCycleLR.
 - **Resume**: a worker's position (its fill and the batches served from it) is its dataset's state, which
   torchdata's StatefulDataLoader keeps and Lightning checkpoints; a resumed fill is read again.
 """
@@ -44,6 +47,7 @@ from litlab.data.table import (
     target_tasks,
 )
 from litlab.errors import ConfigError, flat
+from litlab.stepping import Grouped
 
 log = logging.getLogger(__name__)
 
@@ -361,22 +365,31 @@ class TableStream(IterableDataset):
         self.resume = state
 
     def read(self, fill: list[int]) -> tuple[np.ndarray, Tensor]:
-        """The fill's rows of this split: normalised float32 inputs [features, rows] (a feature a row: the
-        columns copy and permute fast, and a batch is its transpose, a view) and their targets."""
-        x = np.empty((len(self.layout.inputs), int(self.counts[fill].sum())), dtype=np.float32)
+        """The fill's rows of this split: normalised float32 inputs [rows, features] and their targets. Each
+        row group is read a feature a row (each column one contiguous copy), then transposed into the fill
+        (torch's blocked copy), so that a minibatch of the fill's rows is 256-byte runs at 64 features."""
+        units = [self.units[u] for u in fill]
+        x = np.empty((int(self.counts[fill].sum()), len(self.layout.inputs)), dtype=np.float32)
+        part = np.empty((x.shape[1], max(unit.rows for unit in units)), dtype=np.float32)
         ys, at = [], 0
-        for u in fill:
-            unit = self.units[u]
-            rows = self.files.setdefault(unit.path, parquet.ParquetFile(unit.path)).read_row_group(
+        for unit in units:
+            if unit.path not in self.files:
+                self.files[unit.path] = parquet.ParquetFile(unit.path)
+            rows = self.files[unit.path].read_row_group(
                 unit.group, columns=[*self.layout.columns, self.layout.target]
             )
             keep = split_labels(self.split_rule, unit.start, unit.rows) == self.split
             rows = rows.filter(pa.array(keep)) if not keep.all() else rows
-            self.layout.fill(x[:, at : at + rows.num_rows], rows)
+            n = rows.num_rows
+            self.layout.fill(part[:, :n], rows)
+            torch.from_numpy(x[at : at + n]).copy_(torch.from_numpy(part[:, :n]).T)
             ys.append(self.layout.y(rows))
-            at += rows.num_rows
-        x -= self.shift[:, None]  # (x - shift) * (1 / scale), as in memory, to the bit
-        x *= self.inverse[:, None]
+            at += n
+        # (x - shift) * (1 / scale), as in memory, to the bit; nothing to do where data.scaling=none
+        if self.shift.any():
+            x -= self.shift
+        if (self.inverse != 1).any():
+            x *= self.inverse
         return x, torch.cat(ys)
 
     def __iter__(self):
@@ -390,30 +403,32 @@ class TableStream(IterableDataset):
         served = sum(self.batches(f) for f in fills[:start]) + skip
         for f in range(start, len(fills)):
             x, y = self.read(fills[f])
-            if self.shuffle == "rows":
+            order = None
+            if self.shuffle == "rows":  # each batch gathered from the fill's rows in a seeded permutation
                 generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, self.rank, w, f)))
                 order = torch.randperm(len(y), generator=generator)
-                x, y = np.take(x, order.numpy(), axis=1), y[order]
             for j in range(skip, self.batches(fills[f])):
                 if served >= cap:
                     return
                 served += 1
                 self.position = (f, j + 1)
-                batch = torch.from_numpy(x[:, j * self.batch_size : (j + 1) * self.batch_size]).T
-                # to another process a batch of its own (a view would send the whole fill each time)
-                yield (
-                    batch.contiguous() if info is not None else batch,
-                    y[j * self.batch_size : (j + 1) * self.batch_size],
-                )
+                rows = slice(j * self.batch_size, (j + 1) * self.batch_size)
+                if order is not None:
+                    yield torch.from_numpy(np.take(x, order[rows].numpy(), axis=0)), y[order[rows]]
+                elif info is not None:  # to another process a batch of its own, not a view of the fill
+                    yield torch.from_numpy(x[rows].copy()), y[rows].clone()
+                else:
+                    yield torch.from_numpy(x[rows]), y[rows]
             skip = 0
 
 
 class StreamedTable(L.LightningDataModule):
     """data=table with data.stream (auto where too large for memory, or true): the same keys as TableData,
     the splits and batches streamed (see the module's docstring). It gives the contract's Data, PosesTasks,
-    Normalised, Described, EpochLoaders and SplitLoaders, not WholeSplits or FastBatches."""
+    Normalised, Described, EpochLoaders, SplitLoaders and FastBatches, not WholeSplits."""
 
     loaders_per_epoch = True  # contract.EpochLoaders: the Trainer makes the loaders anew every epoch
+    full_batch = False  # contract.FastBatches: batches of a fill, never the whole split
 
     def __init__(
         self,
@@ -455,6 +470,7 @@ class StreamedTable(L.LightningDataModule):
         self.name = f"table {self.source.name}"
         self.task: str | None = None
         self.found: Scan | None = None
+        self.group = 0  # stepping=fast (serve_steps): batches per training item
 
     def survey(self) -> Scan:
         """The pass before training, once: units, splits, levels, moments."""
@@ -533,6 +549,15 @@ class StreamedTable(L.LightningDataModule):
             f"{self.in_features} inputs -> {self.out_features} outputs ({sizes})"
         )
 
+    def serve_steps(self, group: int, epochs_per_item: int) -> None:
+        """contract.FastBatches: `group` batches per training item (stepping=fast). A Lightning epoch is one
+        data epoch here (the loaders are each epoch's own): epochs_per_item is always 0."""
+        self.group = group
+
+    def batches_per_epoch(self, epoch: int = 0) -> int:
+        """contract.FastBatches: the batches of training epoch `epoch` on one device (its deal's fills)."""
+        return len(TableStream(self, 0, epoch, 0, 1, self.num_workers))
+
     def loader(self, split: str, epoch: int = 0, rank: int = 0, world: int = 1) -> StatefulDataLoader:
         stream = TableStream(self, SPLITS.index(split), epoch, rank, world, self.num_workers)
         return StatefulDataLoader(stream, batch_size=None, num_workers=self.num_workers)
@@ -541,15 +566,18 @@ class StreamedTable(L.LightningDataModule):
         """contract.SplitLoaders: every row of a split, whatever the rank (the cockpit's passes)."""
         return self.loader(split) if self.counts[:, SPLITS.index(split)].sum() else []
 
-    def epoch_loader(self, split: str) -> StatefulDataLoader | list:
+    def epoch_loader(self, split: str) -> StatefulDataLoader | Grouped | list:
         if not self.counts[:, SPLITS.index(split)].sum():
             return []
         trainer = self.trainer
         if trainer is None:
             return self.loader(split)
-        return self.loader(split, trainer.current_epoch, trainer.global_rank, trainer.world_size)
+        loader = self.loader(split, trainer.current_epoch, trainer.global_rank, trainer.world_size)
+        if split == "train" and self.group:  # stepping=fast
+            return Grouped(loader, self.group, trainer.current_epoch, trainer.strategy.batch_to_device)
+        return loader
 
-    def train_dataloader(self) -> StatefulDataLoader | list:
+    def train_dataloader(self) -> StatefulDataLoader | Grouped | list:
         return self.epoch_loader("train")
 
     def val_dataloader(self) -> StatefulDataLoader | list:
