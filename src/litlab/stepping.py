@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from omegaconf import DictConfig
 from torch import Tensor
+from torch.optim import Optimizer
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from litlab.checks import several_ranks
@@ -150,6 +151,11 @@ class FastSteps(Callback):
         losses, sizes, lrs = [], [], []
         # 64-true, 16-true, bf16-true: each minibatch converted as Lightning converts its batches
         convert = trainer.precision_plugin.convert_input
+        # torch's zero_grad(set_to_none=True) sets each .grad to None inside a profiler scope, ~10 us a call
+        # (7% of a book epoch): the same assignments here, where the optimizer keeps torch's zero_grad
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        if type(optimizer).zero_grad is not Optimizer.zero_grad:
+            params = None
         for i, (x, y) in enumerate(steps):
             x, y = convert((x, y))
             out = module(x)
@@ -158,7 +164,11 @@ class FastSteps(Callback):
                 module.update_train_metrics(out.detach(), y)
             if schedulers:
                 lrs.append(optimizer.param_groups[0]["lr"])  # the one this step uses
-            optimizer.zero_grad(set_to_none=True)
+            if params is None:
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                for p in params:
+                    p.grad = None
             loss.backward()
             if self.clip is not None:
                 module.clip_gradients(optimizer, *self.clip)
