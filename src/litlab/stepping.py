@@ -223,11 +223,12 @@ class FastSteps(Callback):
 class Grouped:
     """A loader's minibatches, `group` consecutive ones an item (an epoch's last item fewer): one fast
     Lightning step's over data that serves its own loader (a stream's), in the loader's order whatever its
-    workers. Each item draws its minibatches as the step iterates them (Pulled), so that no more of them
-    are held at once than under stepping=lightning. It resumes where the loader does: a checkpoint falls
-    between items, so a resumed epoch's items are those an unbroken one serves."""
+    workers. Each item draws its minibatches as the step iterates them (Pulled), moved by `to_device` (the
+    strategy's batch_to_device, as Lightning moves a batch), so that no more of them are held at once than
+    under stepping=lightning. It resumes where the loader does: a checkpoint falls between items, so a
+    resumed epoch's items are those an unbroken one serves."""
 
-    def __init__(self, loader, group: int, epoch: int, to_device: Callable = lambda batch: batch):
+    def __init__(self, loader, group: int, epoch: int, to_device: Callable):
         self.loader, self.group, self.epoch, self.to_device = loader, group, epoch, to_device
         self.served, self.resumed = 0, 0  # minibatches of this epoch drawn; where a checkpoint left it
 
@@ -269,8 +270,8 @@ class Pulled:
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, first: slice) -> "Pulled":  # steps[:k]: max_steps cuts the last step short
-        return Pulled(self.grouped, self.batches, len(range(self.n)[first]))
+    def __getitem__(self, cut: slice) -> "Pulled":  # steps[:k]: max_steps cuts the last step short
+        return Pulled(self.grouped, self.batches, len(range(self.n)[cut]))
 
     def __iter__(self) -> Iterator:
         for batch in islice(self.batches, self.n):
