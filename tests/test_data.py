@@ -129,6 +129,20 @@ def test_a_served_split_sits_on_huge_pages_with_its_values_unchanged():
     assert on_huge_pages([x[:100].clone()]) == 0  # 25 KB: no whole huge page inside, nothing to move
 
 
+def test_a_step_of_several_epochs_draws_each_epoch_as_the_step_reaches_it():
+    x = torch.arange(20.0).unsqueeze(1)
+    batches = TensorBatches(x, x, 5, "rows", seed=0, epochs_per_item=3)  # 4 minibatches an epoch
+    draw, drawn = batches.takes, []
+    batches.takes = lambda epoch: drawn.append(epoch) or draw(epoch)
+    (steps,) = list(batches)
+    assert len(steps) == 12 and drawn == []
+    cut = steps[:6]  # max_steps ends the run inside the step's second epoch
+    served = [b for b, _ in cut]
+    assert len(cut) == len(served) == 6 and drawn == [0, 1]  # the third epoch's permutation never drawn
+    expected = [x[t] for e in (0, 1) for t in draw(e)][:6]
+    assert all(torch.equal(a, b) for a, b in zip(served, expected, strict=True))
+
+
 def test_ddp_ranks_get_equal_disjoint_shards():
     x = torch.arange(11.0).unsqueeze(1)
     shards = [TensorBatches(x, x, 100, None, 0, rank=r, world_size=2) for r in (0, 1)]
