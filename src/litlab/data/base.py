@@ -4,7 +4,7 @@ import ctypes
 import math
 import sys
 from collections.abc import Callable, Iterator
-from itertools import chain, islice
+from itertools import islice
 from pathlib import Path
 
 import lightning as L
@@ -110,22 +110,24 @@ def on_huge_pages(tensors: list[Tensor]) -> int:
 
 
 class EpochTakes:
-    """The takes of consecutive data epochs' minibatches (`draw(epoch)` each epoch's), the first `count`
-    of them, each epoch drawn as the step reaches it: a Lightning step of k epochs that max_steps cuts
-    short draws no permutation it does not use (the last one of a run: 128 of 10,000 rows for 16 used
-    made the run's last Lightning epoch 1.7x slower per data epoch), and holds one epoch's at a time."""
+    """The takes of consecutive data epochs' minibatches (`draw(epoch)` each epoch's, `per_epoch` of
+    them), the first `count`: drawn as the step starts, once max_steps has cut it, so that a Lightning step
+    of k epochs cut short draws no permutation it does not use (the run's last: 128 epochs' of 10,000 rows
+    for 16 used made its Lightning epoch 1.7x slower per data epoch). All of the step's are drawn before
+    its first optimizer step: on a GPU each permutation's copy to the device waits for the queued steps."""
 
-    def __init__(self, draw: Callable[[int], list[Tensor | slice]], epochs: range, count: int):
-        self.draw, self.epochs, self.count = draw, epochs, count
+    def __init__(self, draw: Callable[[int], list], epochs: range, per_epoch: int, count: int):
+        self.draw, self.epochs, self.per_epoch, self.count = draw, epochs, per_epoch, count
 
     def __len__(self) -> int:
         return self.count
 
     def __getitem__(self, cut: slice) -> "EpochTakes":  # takes[:n]: max_steps cuts the step short
-        return EpochTakes(self.draw, self.epochs, len(range(self.count)[cut]))
+        return EpochTakes(self.draw, self.epochs, self.per_epoch, len(range(self.count)[cut]))
 
     def __iter__(self) -> Iterator[Tensor | slice]:
-        return islice(chain.from_iterable(map(self.draw, self.epochs)), self.count)
+        used = self.epochs[: -(-self.count // self.per_epoch)]
+        return islice([t for e in used for t in self.draw(e)], self.count)
 
 
 class Steps:
@@ -235,7 +237,8 @@ class TensorBatches:
         """The items of one pass, gathered only as they are served."""
         if k:  # Lightning epoch `epoch` holds data epochs epoch * k ... epoch * k + k - 1
             epochs = range(epoch * k, epoch * k + k)
-            return [Steps(self.x, self.y, EpochTakes(self.takes, epochs, k * self.num_batches()))]
+            nb = self.num_batches()
+            return [Steps(self.x, self.y, EpochTakes(self.takes, epochs, nb, k * nb))]
         takes = self.takes(epoch)
         if not self.group:
             return Steps(self.x, self.y, takes)
