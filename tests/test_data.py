@@ -137,7 +137,7 @@ def test_a_served_split_sits_on_huge_pages_with_its_values_unchanged():
     assert on_huge_pages([x[:100].clone()]) == 0  # 25 KB: no whole huge page inside, nothing to move
 
 
-def test_a_step_of_several_epochs_draws_each_epoch_as_the_step_reaches_it():
+def test_a_step_of_several_epochs_cut_short_draws_only_the_epochs_it_runs():
     x = torch.arange(20.0).unsqueeze(1)
     batches = TensorBatches(x, x, 5, "rows", seed=0, epochs_per_item=3)  # 4 minibatches an epoch
     draw, drawn = batches.takes, []
